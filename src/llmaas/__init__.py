@@ -1,0 +1,3 @@
+"""llmaas: a self-hostable LLM-as-a-Service platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""HTTP layer: FastAPI app factory, OpenAI routes, one error mapping."""

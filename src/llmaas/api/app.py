@@ -1,0 +1,53 @@
+"""The FastAPI app factory. Engines are built here (or injected by tests), never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from llmaas import __version__
+from llmaas.api.errors import install_error_handlers
+from llmaas.api.routers import chat, completions, embeddings, health, models
+from llmaas.core.config import Settings
+from llmaas.core.metrics import EngineMetrics
+from llmaas.engine.engine import BatchingEngine
+
+log = logging.getLogger("llmaas")
+
+
+def create_app(
+    settings: Settings,
+    engines: dict[str, BatchingEngine] | None = None,
+    engine_metrics: EngineMetrics | None = None,
+) -> FastAPI:
+    """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
+    engine_metrics = engine_metrics or EngineMetrics(CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engines is None:
+            from llmaas.engine.factory import build_engines
+
+            app.state.engines = build_engines(settings, engine_metrics)
+        for e in app.state.engines.values():
+            await e.start()
+            log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
+                     e.info.context_size, e.runner.n_slots)
+        yield
+        for e in app.state.engines.values():
+            await e.shutdown()
+
+    app = FastAPI(title="llmaas", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible LLM-as-a-Service")
+    app.state.settings = settings
+    app.state.registry = engine_metrics.registry
+    app.state.engine_metrics = engine_metrics
+    app.state.engines = engines or {}
+    install_error_handlers(app)
+    for r in (health.router, models.router, chat.router, completions.router, embeddings.router):
+        app.include_router(r)
+    return app

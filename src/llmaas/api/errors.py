@@ -1,0 +1,70 @@
+"""The one place where exceptions become OpenAI error envelopes (JSON bodies and SSE frames)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmaas.core.errors import LlmaasError
+
+log = logging.getLogger("llmaas.api")
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def to_envelope(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
+    """(status, body, headers) for any exception; unknown ones become a generic 500 without details."""
+    if isinstance(exc, LlmaasError):
+        return exc.status_code, exc.to_dict(), exc.headers
+    log.error("unhandled error", exc_info=exc)
+    return 500, error_body("The server had an error while processing your request.", "server_error"), {}
+
+
+def sse_error(exc: BaseException) -> str:
+    _, body, _ = to_envelope(exc)
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _param_of(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    # Drop pydantic's union-branch tags ("str", "list[TextPart]") to name the field the user wrote.
+    parts = [p for p in parts if not any(c in p for c in "[]") and p not in ("str", "int", "float")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LlmaasError)
+    async def _domain(_: Request, exc: LlmaasError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        param = _param_of(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            msg, param = "The request body is not valid JSON.", None
+        else:
+            msg = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+        return JSONResponse(error_body(msg, "invalid_request_error", param, "invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        status, body, headers = to_envelope(exc)
+        return JSONResponse(body, status_code=status, headers=headers)

@@ -1,0 +1,120 @@
+"""What chat and text completions share: model lookup, context checks, fan-out of n choices,
+disconnect handling and SSE framing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+
+from llmaas.core.errors import ContextLengthExceededError, EngineError, ModelNotFoundError
+from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def get_engine(request: Request, model: str) -> BatchingEngine:
+    engine = request.app.state.engines.get(model)
+    if engine is None:
+        raise ModelNotFoundError(model)
+    return engine
+
+
+def max_tokens_for(engine: BatchingEngine, prompt_len: int, requested: int | None, param: str) -> int:
+    ctx = engine.info.context_size
+    wanted = requested if requested is not None else ctx - prompt_len
+    if prompt_len + max(wanted, 1) > ctx:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{prompt_len + wanted} tokens ({prompt_len} in the prompt, {wanted} for the completion). "
+            "Please reduce the length of the prompt or of max_tokens.",
+            param=param if requested is not None and prompt_len < ctx else "messages",
+        )
+    return wanted
+
+
+async def fan_out(
+    engine: BatchingEngine, prompts: list[list[int]], params: SamplingParams, n: int
+) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
+    Closing this iterator (client gone) aborts every sequence still running."""
+    engine.check_capacity(len(prompts) * n)
+    queue: asyncio.Queue[tuple[int, GenerationOutput | BaseException | None]] = asyncio.Queue()
+    base_id = uuid.uuid4().hex
+
+    async def run(index: int, tokens: list[int]) -> None:
+        p = params
+        if params.seed is not None and index:
+            p = SamplingParams(**{**_fields(params), "seed": params.seed + index})
+        try:
+            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p)):
+                queue.put_nowait((index, out))
+        except BaseException as e:  # delivered to the consumer, which re-raises
+            queue.put_nowait((index, e))
+            return
+        queue.put_nowait((index, None))
+
+    tasks = [
+        asyncio.create_task(run(i * n + j, toks)) for i, toks in enumerate(prompts) for j in range(n)
+    ]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                if item.finish_reason == "error":
+                    raise EngineError(item.error or "generation failed")
+                yield index, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fields(p: SamplingParams) -> dict[str, Any]:
+    return {f: getattr(p, f) for f in p.__slots__}
+
+
+async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`, cancelling it (and so aborting its sequences) if the client goes away."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.CancelledError("client disconnected")
+    finally:
+        watcher.cancel()
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+ChunkFn = Callable[[int, GenerationOutput], dict | None]

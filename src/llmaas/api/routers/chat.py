@@ -1,0 +1,111 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from llmaas.api.errors import sse_error
+from llmaas.api.generation import (
+    SSE_DONE,
+    fan_out,
+    get_engine,
+    max_tokens_for,
+    new_id,
+    now,
+    sse,
+    until_disconnected,
+)
+from llmaas.engine.chat_template import ChatMessage
+from llmaas.engine.types import TokenLogprob
+from llmaas.protocol.openai import ChatCompletionRequest
+
+router = APIRouter()
+
+
+def _lp_entry(lp: TokenLogprob) -> dict:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": list(lp.token_bytes),
+        "top_logprobs": [{"token": t, "logprob": v, "bytes": list(b)} for t, b, v in lp.top],
+    }
+
+
+def _usage(prompt: int, completion: int, cached: int) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+    engine = get_engine(request, body.model)
+    messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+    prompt = engine.tokenize_chat(messages)
+    max_tokens = max_tokens_for(
+        engine, len(prompt), body.requested_max_tokens(),
+        "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+    )
+    params = body.sampling(max_tokens, body.logprobs_k(), body.grammar(), engine.token_id)
+    cid, created = new_id("chatcmpl"), now()
+    head = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+            "system_fingerprint": None}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        engine.check_capacity(body.n)  # 503 now, before the 200 status line goes out
+        stream = fan_out(engine, [prompt], params, body.n)
+
+        async def events() -> AsyncIterator[str]:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            completion, cached, started = 0, 0, set()
+            try:
+                async for i, out in stream:
+                    if i not in started:
+                        started.add(i)
+                        yield sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                         "logprobs": None, "finish_reason": None}]})
+                    if out.text or out.finished or out.logprobs:
+                        lps = {"content": [_lp_entry(x) for x in out.logprobs]} if out.logprobs else None
+                        delta = {"content": out.text} if out.text else {}
+                        yield sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lps,
+                                                         "finish_reason": out.finish_reason}]})
+                    if out.finished:
+                        completion += out.completion_tokens
+                        cached = max(cached, out.cached_tokens)
+                if include_usage:
+                    yield sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion, cached)})
+            except Exception as e:
+                yield sse_error(e)
+            yield SSE_DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def collect() -> dict:
+        texts = [""] * body.n
+        lps: list[list[dict] | None] = [([] if params.logprobs is not None else None) for _ in range(body.n)]
+        finish: list[str | None] = [None] * body.n
+        completion, cached = 0, 0
+        async for i, out in fan_out(engine, [prompt], params, body.n):
+            texts[i] += out.text
+            if out.logprobs and lps[i] is not None:
+                lps[i] += [_lp_entry(x) for x in out.logprobs]
+            if out.finished:
+                finish[i] = out.finish_reason
+                completion += out.completion_tokens
+                cached = max(cached, out.cached_tokens)
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None},
+             "logprobs": {"content": lps[i]} if lps[i] is not None else None, "finish_reason": finish[i]}
+            for i in range(body.n)
+        ]
+        return {**head, "choices": choices, "usage": _usage(len(prompt), completion, cached)}
+
+    return await until_disconnected(request, collect())

@@ -1,0 +1,33 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    engines = request.app.state.engines
+    states = {name: e.healthy() for name, e in engines.items()}
+    ok = bool(engines) and all(states.values())
+    return JSONResponse({"status": "ready" if ok else "not_ready", "models": states}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    for e in request.app.state.engines.values():  # refresh gauges that only move between steps
+        s = e.stats()
+        m = request.app.state.engine_metrics
+        m.running.labels(e.info.model_id).set(s.running)
+        m.waiting.labels(e.info.model_id).set(s.waiting)
+        m.kv_usage.labels(e.info.model_id).set(s.kv_cache_usage)
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

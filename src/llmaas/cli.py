@@ -1,0 +1,81 @@
+"""The `llmaas` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
+
+
+@app.callback()
+def _main() -> None:
+    """llmaas: OpenAI-compatible serving (continuous batching on llama.cpp), and more to come."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind. [env LLMAAS_HOST; default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port. [env LLMAAS_PORT; default 8000]")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the SQLite database and artifacts live. [env LLMAAS_DATA_DIR; default ./.llmaas]"),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to serve: 'smollm2' (bundled SmolLM2-135M-Instruct Q4_1) or a .gguf path. "
+                          "Repeat for several models. [default smollm2]"),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp. [default: all cores]")] = None,
+    max_seqs: Annotated[
+        int | None, typer.Option(help="Max sequences decoded together (continuous batching slots). [default 16]")
+    ] = None,
+    max_queued: Annotated[
+        int | None, typer.Option(help="Max requests waiting for a slot; beyond that: 503. [default 256]")
+    ] = None,
+    ctx_size: Annotated[
+        int | None, typer.Option(help="Context window per sequence, in tokens (prompt + completion). [default 2048]")
+    ] = None,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per decode step; long prompts are prefilled in chunks of this. [512]")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="llamacpp (default) or fake (testing only).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. [default info]")] = None,
+) -> None:
+    """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)."""
+    import uvicorn
+
+    from llmaas.api.app import create_app
+    from llmaas.core.config import load_settings
+
+    settings = load_settings(
+        host=host, port=port, data_dir=data_dir, models=model or None, threads=threads, max_seqs=max_seqs,
+        max_queued=max_queued, context_size=ctx_size, max_batch_tokens=max_batch_tokens, backend=backend,
+        log_level=log_level,
+    )
+    settings.prepare_dirs()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("llmaas").info(
+        "llmaas serving %s on http://%s:%d/v1 (data dir %s, %d threads, %d slots)",
+        ", ".join(settings.models), settings.host, settings.port, settings.data_dir.resolve(),
+        settings.threads, settings.max_seqs,
+    )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+
+
+@app.command()
+def version() -> None:
+    """Print the llmaas version."""
+    from llmaas import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

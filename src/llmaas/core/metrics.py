@@ -1,0 +1,42 @@
+"""Prometheus metrics of a llmaas process, registered on a registry the app factory owns.
+
+Names follow vLLM's (`vllm:` → `llmaas:`) so existing dashboards map over.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
+_E2E_BUCKETS = (0.1, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
+
+
+class EngineMetrics:
+    """The data-plane metrics, labelled by model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        lbl = ["model"]
+        self.ttft = Histogram(
+            "llmaas:time_to_first_token_seconds", "Time to first token", lbl,
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.itl = Histogram(
+            "llmaas:inter_token_latency_seconds", "Latency between generated tokens", lbl,
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.e2e = Histogram(
+            "llmaas:e2e_request_latency_seconds", "End-to-end request latency", lbl,
+            buckets=_E2E_BUCKETS, registry=registry,
+        )
+        self.running = Gauge("llmaas:num_requests_running", "Sequences in the batch", lbl, registry=registry)
+        self.waiting = Gauge("llmaas:num_requests_waiting", "Requests waiting for a slot", lbl, registry=registry)
+        self.prompt_tokens = Counter(
+            "llmaas:prompt_tokens", "Prompt tokens processed", lbl, registry=registry
+        )
+        self.generation_tokens = Counter(
+            "llmaas:generation_tokens", "Tokens generated", lbl, registry=registry
+        )
+        self.kv_usage = Gauge(
+            "llmaas:kv_cache_usage_perc", "Fraction of KV cache cells in use (0-1)", lbl, registry=registry
+        )

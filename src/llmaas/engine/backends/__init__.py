@@ -1,0 +1,1 @@
+"""Model runners: llamacpp (default), fake (unit tests of the API layer only)."""

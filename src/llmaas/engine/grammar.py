@@ -1,0 +1,22 @@
+"""GBNF grammars that constrain sampling to JSON (response_format)."""
+
+from __future__ import annotations
+
+import json
+
+from llmaas.core.errors import InvalidRequestError
+
+
+def json_grammar(schema: dict | None) -> str:
+    """Any JSON object when `schema` is None, else JSON that validates against `schema`."""
+    from llama_cpp import llama_grammar
+
+    if schema is None:
+        return llama_grammar.JSON_GBNF
+    try:
+        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # the converter raises bare exceptions on schemas it cannot express
+        raise InvalidRequestError(
+            f"response_format.json_schema.schema cannot be turned into a grammar: {e}",
+            param="response_format.json_schema.schema",
+        ) from e

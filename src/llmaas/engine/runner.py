@@ -1,0 +1,61 @@
+"""The narrow interface between the batching scheduler and a model: token ids in, logits out.
+
+A runner is driven from one thread only (the scheduler's); it never sees text beyond tokenizing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from llmaas.engine.types import SamplingParams
+
+
+class Sampler(Protocol):
+    def sample(self, batch_index: int) -> int:
+        """Pick (and accept) the next token from the logits at `batch_index` of the last decode."""
+
+    def close(self) -> None: ...
+
+
+class ModelRunner(Protocol):
+    model_id: str
+    n_vocab: int
+    n_slots: int  # sequence ids 0..n_slots-1
+    context_size: int  # per sequence
+    max_batch_tokens: int
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+    def eog_tokens(self) -> list[int]: ...
+    def bos_token(self) -> int | None:
+        """The BOS id if the model wants one prepended, else None."""
+
+    def chat_template(self) -> str | None: ...
+    def special_token_text(self, name: str) -> str: ...
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        """Run one forward pass over a batch mixing many sequences. Raises on failure."""
+
+    def logits(self, batch_index: int) -> np.ndarray: ...
+    def new_sampler(self, params: SamplingParams, seed: int) -> Sampler: ...
+    def kv_remove(self, seq_id: int, from_pos: int) -> None: ...
+    def kv_copy(self, src: int, dst: int, n_tokens: int) -> None: ...
+    def kv_cells_used(self) -> int: ...
+    def kv_capacity(self) -> int: ...
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        """Mean-pooled, L2-normalised embedding (separate context; safe off the scheduler thread)."""
+
+    def score(self, tokens: list[int], start: int) -> list[float]:
+        """Log-probabilities of tokens[start:] given what precedes each (separate context)."""
+
+    def close(self) -> None: ...
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64, copy=False)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())

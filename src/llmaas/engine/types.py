@@ -1,0 +1,75 @@
+"""Plain data crossing the engine boundary. The engine works on token ids; text is decoded here too
+so that stop strings and streaming deltas are handled in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: off; k >= 0: sampled token's logprob + k alternatives
+    grammar: str | None = None  # GBNF, root rule "root"
+    ignore_eos: bool = False
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams
+    adapter: str | None = None
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: list[tuple[str, bytes, float]]
+
+
+@dataclass(slots=True)
+class GenerationOutput:
+    """One streamed delta of a sequence. The last one has finish_reason set."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    model_id: str
+    context_size: int
+    n_vocab: int
+    owned_by: str = "llmaas"
+    created: int = 0
+    meta: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,173 @@
+"""Pydantic models of OpenAI requests (what the official SDK sends) and their engine parameters.
+
+Responses are built as plain dicts in the serving modules: cheaper on the hot path and easy to
+check against the SDK, which parses them into its own types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llmaas.core.errors import InvalidRequestError
+from llmaas.engine.grammar import json_grammar
+from llmaas.engine.types import SamplingParams
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Req):
+    include_usage: bool = False
+
+
+class TextPart(_Req):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(_Req):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class JsonSchemaFormat(_Req):
+    name: str = "response"
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Req):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class _SamplingFields(_Req):
+    """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions)."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # Extensions (as in vLLM / llama.cpp servers)
+    top_k: int = Field(default=0, ge=0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return stops
+
+    def stop_list(self) -> list[str]:
+        return list(self.stop or [])
+
+    def sampling(
+        self, max_tokens: int, logprobs: int | None, grammar: str | None, token_id: Any
+    ) -> SamplingParams:
+        bias: dict[int, float] = {}
+        for key, val in (self.logit_bias or {}).items():
+            tid = token_id(key)
+            if tid is None:
+                raise InvalidRequestError(f"logit_bias key {key!r} is not a valid token id", param="logit_bias")
+            bias[tid] = val
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            seed=self.seed,
+            stop=self.stop_list(),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=bias,
+            logprobs=logprobs,
+            grammar=grammar,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_k(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs=true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def grammar(self) -> str | None:
+        rf = self.response_format
+        if rf is None or rf.type == "text":
+            return None
+        if rf.type == "json_object":
+            return json_grammar(None)
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise InvalidRequestError(
+                "response_format of type json_schema needs json_schema.schema",
+                param="response_format.json_schema",
+            )
+        return json_grammar(rf.json_schema.schema_)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class EmbeddingRequest(_Req):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
