@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -18,7 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -40,29 +42,22 @@ PARAGRAPH = (
     "the council voted five to two to commission a detailed feasibility study before making a final decision."
 )
 PROMPTS: list[str] = [
-    "What is the capital of France?",
-    "Explain photosynthesis in simple terms.",
-    "Write a haiku about the ocean.",
-    "How do I reverse a list in Python?",
-    "Give me three tips for better sleep.",
+    "What is the capital of France?", "Explain photosynthesis in simple terms.", "Write a haiku about the ocean.",
+    "How do I reverse a list in Python?", "Give me three tips for better sleep.",
     "What is the difference between a virus and a bacterium?",
     f"Summarise the following paragraph in two sentences:\n\n{PARAGRAPH}",
     "Write a short story about a robot who learns to paint. Include a twist at the end and keep it under "
     "two hundred words.",
-    "List the planets of the solar system in order from the sun, with one fact about each.",
-    "Why is the sky blue?",
+    "List the planets of the solar system in order from the sun, with one fact about each.", "Why is the sky blue?",
     "Translate 'Good morning, how are you?' into Spanish and French.",
     "Write a polite email to a colleague asking to reschedule a meeting from Monday to Wednesday afternoon.",
-    "What are the main causes of inflation?",
-    "Describe how a hash table works and what its average lookup cost is.",
+    "What are the main causes of inflation?", "Describe how a hash table works and what its average lookup cost is.",
     f"Read this text and list the arguments on each side:\n\n{PARAGRAPH}",
-    "Suggest a name for a coffee shop run by cats.",
-    "Explain recursion to a ten-year-old.",
+    "Suggest a name for a coffee shop run by cats.", "Explain recursion to a ten-year-old.",
     "Write a SQL query that returns the ten customers with the highest total order value.",
     "What should I pack for a three-day hiking trip in the mountains?",
     "Compare electric cars and petrol cars in terms of cost, maintenance and environmental impact.",
-    "Give a step-by-step recipe for pancakes.",
-    "What is machine learning?",
+    "Give a step-by-step recipe for pancakes.", "What is machine learning?",
     "Write a limerick about a cat who loves cheese.",
     "You are a helpful tutor. A student asks: 'Why do we need to learn algebra if calculators exist?' Answer "
     "kindly, with two concrete examples from everyday life.",
@@ -96,18 +91,11 @@ class RssPoller:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        try:
+        try:  # a child exiting mid-sample just yields 0, which max() ignores
             p = psutil.Process(self.pid)
-            procs = [p, *p.children(recursive=True)]
+            return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
         except psutil.Error:
             return 0
-        total = 0
-        for q in procs:
-            try:
-                total += q.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
@@ -134,11 +122,8 @@ def payload(endpoint: str, model: str, prompt: str, max_tokens: int = MAX_TOKENS
         "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
         "stream_options": {"include_usage": True}, "ignore_eos": True, "logit_bias": EOS_BIAS,
     }
-    if endpoint == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    return body
+    key, val = ("messages", [{"role": "user", "content": prompt}]) if endpoint == "chat" else ("prompt", prompt)
+    return {**body, key: val}
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> ReqResult:
@@ -223,12 +208,10 @@ def pid_on_port(url: str) -> int | None:
     u = urlparse(url)
     if u.hostname not in ("127.0.0.1", "localhost", "0.0.0.0") or u.port is None:
         return None
-    try:
+    with contextlib.suppress(psutil.Error):
         for c in psutil.net_connections(kind="tcp"):
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == u.port and c.pid:
                 return c.pid
-    except psutil.Error:
-        pass
     return None
 
 
@@ -396,14 +379,12 @@ def main() -> None:
     print("\n== ratios ==")
     for k, v in ratios.items():
         print(f"  {k:36} {v}")
-    import llama_cpp
-
     doc = {
         "config": {"max_tokens": MAX_TOKENS, "threads": args.threads, "endpoint": args.endpoint,
                    "levels": [{"concurrency": c, "requests": n} for c, n in levels], "quick": args.quick,
                    "gguf": gguf_path(), "prompts": len(PROMPTS), "eos_logit_bias": EOS_BIAS, "ignore_eos": True},
         "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-                "llama_cpp_python": llama_cpp.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                "llama_cpp_python": version("llama-cpp-python"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
         "targets": results, "ratios": ratios,
         "notes": "itl = median gap between content chunks; tpot = per-request (e2e - ttft)/(tokens - 1); "
                  "short = successful requests with fewer than max_tokens output tokens.",

@@ -7,10 +7,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from llmaas.core.errors import ContextLengthExceededError, EngineError, ModelNotFoundError
 from llmaas.engine.engine import BatchingEngine
@@ -117,4 +118,7 @@ def sse(obj: dict) -> str:
 
 SSE_DONE = "data: [DONE]\n\n"
 
-ChunkFn = Callable[[int, GenerationOutput], dict | None]
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
@@ -16,6 +15,7 @@ from llmaas.api.generation import (
     new_id,
     now,
     sse,
+    sse_response,
     until_disconnected,
 )
 from llmaas.core.errors import InvalidRequestError
@@ -98,8 +98,7 @@ async def create_completion(body: CompletionRequest, request: Request):
                 yield sse_error(e)
             yield SSE_DONE
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return sse_response(events())
 
     async def collect() -> dict:
         texts = [""] * n_choices

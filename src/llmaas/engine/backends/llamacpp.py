@@ -47,8 +47,11 @@ def _quiet_llama_logs() -> None:
 
     @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     def _cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR
-            log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+        msg = text.decode("utf-8", "replace").rstrip()
+        # The unified KV cache is n_slots x context cells; each sequence stays within context_size,
+        # so llama.cpp's "n_ctx_seq > n_ctx_train" warning does not apply.
+        if level in (3, 4) and "n_ctx_seq" not in msg:  # GGML_LOG_LEVEL_WARN, _ERROR
+            log.warning("llama.cpp: %s", msg)
 
     _LOG_CALLBACK = _cb
     L.llama_log_set(_cb, ctypes.c_void_p(0))
