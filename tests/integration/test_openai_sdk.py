@@ -197,3 +197,14 @@ def test_queue_full_is_503(tmp_path):
         long.close()
     finally:
         small.stop()
+
+
+def test_prefix_reuse_reports_cached_tokens(client):
+    system = {"role": "system", "content": "You are a terse assistant for a bakery. " * 8}
+    first = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
+                                           messages=[system, {"role": "user", "content": "Open on Sunday?"}])
+    second = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
+                                            messages=[system, {"role": "user", "content": "Any bread left?"}])
+    # The shared system prompt (~80 tokens) is served from the KV cache, not prefilled again.
+    assert second.usage.prompt_tokens_details.cached_tokens >= 60
+    assert first.usage.prompt_tokens - second.usage.prompt_tokens_details.cached_tokens < 20
