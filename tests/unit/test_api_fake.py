@@ -169,3 +169,14 @@ def test_engine_failure_non_stream_is_500_envelope():
     with make_client(fail_at_decode=2) as client:
         r = chat(client, max_tokens=5)
         assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
+
+
+def test_empty_prompt_is_400_even_when_streaming(client):
+    for stream in (False, True):
+        r = client.post("/v1/completions", json={"model": MODEL, "prompt": "", "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_bad_response_format_schema_is_400(client):
+    r = chat(client, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "x"}}})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("response_format")

@@ -310,7 +310,7 @@ class BatchScheduler:
             m = self.runner.model_id
             self._metrics.running.labels(m).set(self.running_count)
             self._metrics.waiting.labels(m).set(self.waiting_count)
-            self._metrics.kv_usage.labels(m).set(self.kv_usage())
+            # kv_cache_usage_perc costs a C call per slot: it is refreshed when /metrics is scraped.
 
     def kv_usage(self) -> float:
         cap = self.runner.kv_capacity()

@@ -62,6 +62,8 @@ async def create_completion(body: CompletionRequest, request: Request):
             if any(engine.token_id(str(t)) is None for t in p):
                 raise InvalidRequestError("prompt contains a token id outside the vocabulary", param="prompt")
             prompts.append(list(p))
+    if any(not t for t in prompts):
+        raise InvalidRequestError("prompt must not be empty", param="prompt")
     max_tokens = min(max_tokens_for(engine, len(t), body.max_tokens, "max_tokens") for t in prompts)
     params = body.sampling(max_tokens, body.logprobs, None, engine.token_id)
     n_choices = len(prompts) * body.n
