@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
+from llmaas.engine.sampling import NumpySampler
 from llmaas.engine.types import SamplingParams
 
 log = logging.getLogger("llmaas.engine.llamacpp")
@@ -58,7 +59,7 @@ def _quiet_llama_logs() -> None:
 
 
 class _LlamaSampler:
-    """A per-sequence llama.cpp sampler chain (grammar, bias, penalties, truncation, temperature)."""
+    """A per-sequence llama.cpp sampler chain, for requests with a grammar (response_format)."""
 
     def __init__(self, runner: LlamaCppRunner, p: SamplingParams, seed: int) -> None:
         L = runner.L
@@ -86,13 +87,13 @@ class _LlamaSampler:
         if p.temperature <= 0:
             add(L.llama_sampler_init_greedy())
             return
+        add(L.llama_sampler_init_temp(p.temperature))  # same order as NumpySampler
         if p.top_k > 0:
             add(L.llama_sampler_init_top_k(p.top_k))
         if p.top_p < 1.0:
             add(L.llama_sampler_init_top_p(p.top_p, 1))
         if p.min_p > 0:
             add(L.llama_sampler_init_min_p(p.min_p, 1))
-        add(L.llama_sampler_init_temp(p.temperature))
         add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, batch_index: int) -> int:
@@ -212,8 +213,10 @@ class LlamaCppRunner:
         ptr = self.L.llama_get_logits_ith(self.ctx, batch_index)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def new_sampler(self, params: SamplingParams, seed: int) -> _LlamaSampler:
-        return _LlamaSampler(self, params, seed)
+    def new_sampler(self, params: SamplingParams, seed: int) -> _LlamaSampler | NumpySampler:
+        if params.grammar:  # llama.cpp owns the grammar state
+            return _LlamaSampler(self, params, seed)
+        return NumpySampler(self.logits, params, seed, self._eog)
 
     # -- KV cache ------------------------------------------------------------------------------
     def kv_remove(self, seq_id: int, from_pos: int) -> None:
