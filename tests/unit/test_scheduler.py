@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.engine import BatchingEngine
@@ -18,50 +20,43 @@ async def _run(engine: BatchingEngine, rid: str, prompt: list[int], max_tokens: 
     return text, last
 
 
-async def test_sequences_share_decode_steps():
-    runner = FakeRunner(n_slots=4, context_size=256, max_batch_tokens=64)
-    engine = BatchingEngine(runner, 8)
+@asynccontextmanager
+async def running(max_queued: int = 4, **runner_kw) -> AsyncIterator[tuple[BatchingEngine, FakeRunner]]:
+    runner = FakeRunner(**runner_kw)
+    engine = BatchingEngine(runner, max_queued)
     await engine.start()
     try:
+        yield engine, runner
+    finally:
+        await engine.shutdown()
+
+
+async def test_sequences_share_decode_steps():
+    async with running(8, n_slots=4, context_size=256, max_batch_tokens=64) as (engine, runner):
         results = await asyncio.gather(*[_run(engine, f"r{i}", list(b"hello"), 20) for i in range(4)])
         assert all(len(t) == 20 for t, _ in results)
         # 4 sequences of 20 tokens: batched, far fewer than 80 decode calls.
         assert len(runner.decode_calls) < 40
         assert max(runner.decode_calls) >= 4
-    finally:
-        await engine.shutdown()
 
 
 async def test_long_prompt_is_prefilled_in_chunks():
-    runner = FakeRunner(n_slots=2, context_size=512, max_batch_tokens=16)
-    engine = BatchingEngine(runner, 4)
-    await engine.start()
-    try:
-        text, out = await _run(engine, "long", list(b"x" * 100), 3)
+    async with running(n_slots=2, context_size=512, max_batch_tokens=16) as (engine, runner):
+        text, _ = await _run(engine, "long", list(b"x" * 100), 3)
         assert len(text) == 3
         assert max(runner.decode_calls) <= 16
-    finally:
-        await engine.shutdown()
 
 
 async def test_prefix_reuse_counts_cached_tokens():
-    runner = FakeRunner(n_slots=2, context_size=256, max_batch_tokens=64)
-    engine = BatchingEngine(runner, 4)
-    await engine.start()
-    try:
+    async with running(n_slots=2, context_size=256, max_batch_tokens=64) as (engine, _):
         prompt = list(b"system prompt that is shared; ")
         await _run(engine, "a", prompt + list(b"q1"), 4)
         _, out = await _run(engine, "b", prompt + list(b"q2"), 4)
         assert out.cached_tokens >= len(prompt)
-    finally:
-        await engine.shutdown()
 
 
 async def test_abort_frees_slot():
-    runner = FakeRunner(n_slots=1, context_size=4096, max_batch_tokens=64)
-    engine = BatchingEngine(runner, 2)
-    await engine.start()
-    try:
+    async with running(2, n_slots=1, context_size=4096, max_batch_tokens=64) as (engine, _):
         gen = engine.generate(GenerationRequest("x", list(b"ab"), SamplingParams(max_tokens=4000, temperature=0)))
         await gen.__anext__()
         await gen.aclose()  # client went away
@@ -72,5 +67,3 @@ async def test_abort_frees_slot():
         assert engine.stats().running == 0
         text, _ = await _run(engine, "y", list(b"ab"), 3)
         assert len(text) == 3
-    finally:
-        await engine.shutdown()
