@@ -18,32 +18,32 @@ def _main() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind. [env LLMAAS_HOST; default 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port. [env LLMAAS_PORT; default 8000]")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind. (env LLMAAS_HOST; default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port. (env LLMAAS_PORT; default 8000)")] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the SQLite database and artifacts live. [env LLMAAS_DATA_DIR; default ./.llmaas]"),
+        typer.Option(help="Where the SQLite database and artifacts live. (env LLMAAS_DATA_DIR; default ./.llmaas)"),
     ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(help="Model to serve: 'smollm2' (bundled SmolLM2-135M-Instruct Q4_1) or a .gguf path. "
-                          "Repeat for several models. [default smollm2]"),
+                          "Repeat for several models. (default smollm2)"),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp. [default: all cores]")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp. (default: all cores)")] = None,
     max_seqs: Annotated[
-        int | None, typer.Option(help="Max sequences decoded together (continuous batching slots). [default 16]")
+        int | None, typer.Option(help="Max sequences decoded together (continuous batching slots). (default 16)")
     ] = None,
     max_queued: Annotated[
-        int | None, typer.Option(help="Max requests waiting for a slot; beyond that: 503. [default 256]")
+        int | None, typer.Option(help="Max requests waiting for a slot; beyond that: 503. (default 256)")
     ] = None,
     ctx_size: Annotated[
-        int | None, typer.Option(help="Context window per sequence, in tokens (prompt + completion). [default 2048]")
+        int | None, typer.Option(help="Context window per sequence, in tokens (prompt + completion). (default 2048)")
     ] = None,
     max_batch_tokens: Annotated[
-        int | None, typer.Option(help="Tokens per decode step; long prompts are prefilled in chunks of this. [512]")
+        int | None, typer.Option(help="Tokens per decode step; long prompts are prefilled in chunks of this. (512)")
     ] = None,
     backend: Annotated[str | None, typer.Option(help="llamacpp (default) or fake (testing only).")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. [default info]")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
 ) -> None:
     """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)."""
     import uvicorn
