@@ -51,12 +51,6 @@ class ModelNotFoundError(LlmaasError):
         )
 
 
-class NotFoundError(LlmaasError):
-    status_code = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
-
-
 class OverloadedError(LlmaasError):
     status_code = 503
     error_type = "server_error"

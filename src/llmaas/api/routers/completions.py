@@ -67,7 +67,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     max_tokens = min(max_tokens_for(engine, len(t), body.max_tokens, "max_tokens") for t in prompts)
     params = body.sampling(max_tokens, body.logprobs, None, engine.token_id)
     n_choices = len(prompts) * body.n
-    prompt_tokens = sum(len(t) for t in prompts) 
+    prompt_tokens = sum(len(t) for t in prompts)
     cid, created = new_id("cmpl"), now()
     head = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": None}

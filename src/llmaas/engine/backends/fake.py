@@ -62,9 +62,6 @@ class FakeRunner:
     def token_bytes(self, token: int) -> bytes:
         return b"" if token == EOS else bytes([token])
 
-    def is_eog(self, token: int) -> bool:
-        return token == EOS
-
     def eog_tokens(self) -> list[int]:
         return [EOS]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
+from llmaas.engine.runner import log_softmax
 from llmaas.engine.sampling import NumpySampler
 from llmaas.engine.types import SamplingParams
 
@@ -177,9 +178,6 @@ class LlamaCppRunner:
             self._pieces[token] = piece
         return piece
 
-    def is_eog(self, token: int) -> bool:
-        return bool(self.L.llama_vocab_is_eog(self.vocab, token))
-
     def eog_tokens(self) -> list[int]:
         return list(self._eog)
 
@@ -270,8 +268,6 @@ class LlamaCppRunner:
             self._fill_single(batch, tokens, max(start - 1, 0))
             if L.llama_decode(ctx, batch) != 0:
                 raise EngineError("llama_decode failed while scoring")
-            from llmaas.engine.runner import log_softmax
-
             out = []
             for i in range(max(start, 1), len(tokens)):
                 row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i - 1), shape=(self.n_vocab,))
