@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry
 
 from llmaas import __version__
 from llmaas.api.errors import install_error_handlers
-from llmaas.api.routers import chat, completions, embeddings, health, models
+from llmaas.api.middleware import RequestIdMiddleware
+from llmaas.api.routers import admin, chat, completions, embeddings, health, models, usage
+from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
-from llmaas.core.metrics import EngineMetrics
+from llmaas.core.metrics import ControlMetrics, EngineMetrics
 from llmaas.engine.engine import BatchingEngine
 
 log = logging.getLogger("llmaas")
@@ -26,6 +28,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
     engine_metrics = engine_metrics or EngineMetrics(CollectorRegistry())
+    control_metrics = ControlMetrics(engine_metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,13 +36,21 @@ def create_app(
             from llmaas.engine.factory import build_engines
 
             app.state.engines = build_engines(settings, engine_metrics)
+        if settings.auth:
+            app.state.control = await ControlPlane.open(settings, control_metrics, list(app.state.engines))
+        else:
+            log.warning("auth is disabled (LLMAAS_AUTH=false): no API keys, limits or metering")
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
                      e.info.context_size, e.runner.n_slots)
-        yield
-        for e in app.state.engines.values():
-            await e.shutdown()
+        try:
+            yield
+        finally:
+            for e in app.state.engines.values():
+                await e.shutdown()
+            if app.state.control is not None:
+                await app.state.control.close()  # flushes metering: no usage record is lost on a clean stop
 
     app = FastAPI(title="llmaas", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible LLM-as-a-Service")
@@ -47,7 +58,10 @@ def create_app(
     app.state.registry = engine_metrics.registry
     app.state.engine_metrics = engine_metrics
     app.state.engines = engines or {}
+    app.state.control = None
     install_error_handlers(app)
-    for r in (health.router, models.router, chat.router, completions.router, embeddings.router):
+    app.add_middleware(RequestIdMiddleware)
+    for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
+              admin.router):
         app.include_router(r)
     return app

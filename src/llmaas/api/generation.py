@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from llmaas.control.principal import Principal
 from llmaas.core.errors import ContextLengthExceededError, EngineError, ModelNotFoundError
 from llmaas.engine.engine import BatchingEngine
 from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
@@ -26,9 +27,10 @@ def now() -> int:
     return int(time.time())
 
 
-def get_engine(request: Request, model: str) -> BatchingEngine:
+def get_engine(request: Request, model: str, principal: Principal | None = None) -> BatchingEngine:
+    """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak)."""
     engine = request.app.state.engines.get(model)
-    if engine is None:
+    if engine is None or (principal is not None and not principal.can_use_model(model)):
         raise ModelNotFoundError(model)
     return engine
 
@@ -119,6 +121,44 @@ def sse(obj: dict) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+
+
+class Metered:
+    """Settles a ticket whatever happens to the request (ok, error, client gone). Also counts usage
+    as deltas arrive, so a cancelled request pays for the tokens it did generate, and no more."""
+
+    def __init__(self, ticket: Any, prompt_tokens: int) -> None:
+        self.ticket, self.prompt_tokens = ticket, prompt_tokens
+        self.status: str | None = None
+        self._gen: dict[int, int] = {}
+        self._cached = 0
+        ticket.usage(prompt_tokens, 0, 0)
+
+    def add(self, index: int, out: GenerationOutput) -> None:
+        if out.finished:
+            self._gen[index] = out.completion_tokens
+            self._cached = max(self._cached, out.cached_tokens)
+        else:
+            self._gen[index] = self._gen.get(index, 0) + len(out.token_ids)
+        self.ticket.usage(self.prompt_tokens, sum(self._gen.values()), self._cached)
+
+    async def __aenter__(self) -> Metered:
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            status = self.status or "ok"
+        elif issubclass(exc_type, asyncio.CancelledError | GeneratorExit):
+            status = "cancelled"
+        else:
+            status = "error"
+        # Shielded: the request's task may be cancelled (client gone) but the reservation must be released.
+        task = asyncio.ensure_future(self.ticket.settle(status))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait({task})
+            raise

@@ -31,8 +31,20 @@ class Settings(BaseSettings):
     max_queued: int = Field(default=256, ge=0)  # requests waiting for a free sequence slot
     context_size: int = Field(default=2048, ge=64)  # per-sequence context window, in tokens
     max_batch_tokens: int = Field(default=512, ge=16)  # tokens per decode step (chunked prefill budget)
-    database_url: str | None = None
+    database_url: str | None = None  # default: SQLite (WAL) file in the data dir
+    redis_url: str | None = None  # shared rate limits across gateway processes; in-process when unset
     log_level: str = "info"
+
+    # Control plane
+    auth: bool = True  # False: no keys, limits or metering (single-user / benchmarking the bare server)
+    admin_key: str | None = None  # bootstrap admin key; otherwise one is generated and printed on first start
+    key_cache_ttl_s: float = Field(default=5.0, ge=0)  # how long a verified key is trusted without the DB
+    auth_failures_per_minute: int = Field(default=20, ge=1)  # bad keys per client IP before 429
+    usage_flush_interval_s: float = Field(default=0.25, gt=0)  # metering batch interval
+    # Catalog price of a served model until an admin sets one (USD per million tokens).
+    default_input_usd_per_mtok: str = "0.10"
+    default_output_usd_per_mtok: str = "0.20"
+    default_training_usd_per_mtok: str = "0.50"
 
     @property
     def artifact_dir(self) -> Path:

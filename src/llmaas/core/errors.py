@@ -64,3 +64,47 @@ class EngineError(LlmaasError):
     status_code = 500
     error_type = "server_error"
     code = "engine_error"
+
+
+class AuthenticationError(LlmaasError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(LlmaasError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFoundError(LlmaasError):
+    """A resource that does not exist *or belongs to another tenant*: the two are indistinguishable."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ConflictError(LlmaasError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class RateLimitError(LlmaasError):
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float, *, headers: dict[str, str] | None = None,
+                 code: str | None = None, error_type: str | None = None) -> None:
+        h = {"Retry-After": str(max(1, int(retry_after_s + 0.999))), **(headers or {})}
+        super().__init__(message, code=code, headers=h)
+        if error_type:
+            self.error_type = error_type
+
+
+class QuotaExceededError(RateLimitError):
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"

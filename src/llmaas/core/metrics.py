@@ -40,3 +40,14 @@ class EngineMetrics:
         self.kv_usage = Gauge(
             "llmaas:kv_cache_usage_perc", "Fraction of KV cache cells in use (0-1)", lbl, registry=registry
         )
+
+
+class ControlMetrics:
+    """The control-plane metrics: traffic, spend and rejections per tenant."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("llmaas:requests", "Requests by model, tenant and outcome",
+                                ["model", "tenant", "status"], registry=registry)
+        self.spend = Counter("llmaas:spend_usd", "Spend in USD", ["tenant"], registry=registry)
+        self.rate_limited = Counter("llmaas:rate_limited", "Requests refused by a limit",
+                                    ["tenant", "reason"], registry=registry)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
+from llmaas.api.deps import CurrentPrincipal, admit
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
     SSE_DONE,
+    Metered,
     fan_out,
     get_engine,
     max_tokens_for,
@@ -44,8 +46,9 @@ def _usage(prompt: int, completion: int, cached: int) -> dict:
 
 
 @router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, request: Request):
-    engine = get_engine(request, body.model)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, response: Response,
+                                 principal: CurrentPrincipal):
+    engine = get_engine(request, body.model, principal)
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = engine.tokenize_chat(messages)
     max_tokens = max_tokens_for(
@@ -56,43 +59,52 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     cid, created = new_id("chatcmpl"), now()
     head = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": None}
+    ticket = await admit(request, principal, body.model, "chat.completions", len(prompt), max_tokens * body.n)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        engine.check_capacity(body.n)  # 503 now, before the 200 status line goes out
+        try:
+            engine.check_capacity(body.n)  # 503 now, before the 200 status line goes out
+        except Exception:
+            await ticket.settle("rejected")
+            raise
         stream = fan_out(engine, [prompt], params, body.n)
 
         async def events() -> AsyncIterator[str]:
-            chunk = {**head, "object": "chat.completion.chunk"}
-            completion, cached, started = 0, 0, set()
-            try:
-                async for i, out in stream:
-                    if i not in started:
-                        started.add(i)
-                        yield sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                         "logprobs": None, "finish_reason": None}]})
-                    if out.text or out.finished or out.logprobs:
-                        lps = {"content": [_lp_entry(x) for x in out.logprobs]} if out.logprobs else None
-                        delta = {"content": out.text} if out.text else {}
-                        yield sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lps,
-                                                         "finish_reason": out.finish_reason}]})
-                    if out.finished:
-                        completion += out.completion_tokens
-                        cached = max(cached, out.cached_tokens)
-                if include_usage:
-                    yield sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion, cached)})
-            except Exception as e:
-                yield sse_error(e)
-            yield SSE_DONE
+            async with Metered(ticket, len(prompt)) as meter:
+                chunk = {**head, "object": "chat.completion.chunk"}
+                completion, cached, started = 0, 0, set()
+                try:
+                    async for i, out in stream:
+                        meter.add(i, out)
+                        if i not in started:
+                            started.add(i)
+                            yield sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                             "logprobs": None, "finish_reason": None}]})
+                        if out.text or out.finished or out.logprobs:
+                            lps = {"content": [_lp_entry(x) for x in out.logprobs]} if out.logprobs else None
+                            delta = {"content": out.text} if out.text else {}
+                            yield sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lps,
+                                                             "finish_reason": out.finish_reason}]})
+                        if out.finished:
+                            completion += out.completion_tokens
+                            cached = max(cached, out.cached_tokens)
+                    if include_usage:
+                        yield sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion, cached)})
+                except Exception as e:
+                    meter.status = "error"
+                    yield sse_error(e)
+                yield SSE_DONE
 
-        return sse_response(events())
+        return sse_response(events(), ticket.headers)
 
-    async def collect() -> dict:
+    async def collect(meter: Metered) -> dict:
         texts = [""] * body.n
         lps: list[list[dict] | None] = [([] if params.logprobs is not None else None) for _ in range(body.n)]
         finish: list[str | None] = [None] * body.n
         completion, cached = 0, 0
         async for i, out in fan_out(engine, [prompt], params, body.n):
+            meter.add(i, out)
             texts[i] += out.text
             if out.logprobs and lps[i] is not None:
                 lps[i] += [_lp_entry(x) for x in out.logprobs]
@@ -107,4 +119,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         ]
         return {**head, "choices": choices, "usage": _usage(len(prompt), completion, cached)}
 
-    return await until_disconnected(request, collect())
+    response.headers.update(ticket.headers)
+    async with Metered(ticket, len(prompt)) as meter:
+        return await until_disconnected(request, collect(meter))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
+from llmaas.api.deps import CurrentPrincipal, admit
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
     SSE_DONE,
+    Metered,
     fan_out,
     get_engine,
     max_tokens_for,
@@ -49,8 +51,9 @@ class _Logprobs:
 
 
 @router.post("/v1/completions")
-async def create_completion(body: CompletionRequest, request: Request):
-    engine = get_engine(request, body.model)
+async def create_completion(body: CompletionRequest, request: Request, response: Response,
+                            principal: CurrentPrincipal):
+    engine = get_engine(request, body.model, principal)
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
         raise InvalidRequestError(f"'{param}' is not supported by this server", param=param)
@@ -72,42 +75,51 @@ async def create_completion(body: CompletionRequest, request: Request):
     head = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": None}
     want_lp = body.logprobs is not None
+    ticket = await admit(request, principal, body.model, "completions", prompt_tokens, max_tokens * n_choices)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        engine.check_capacity(n_choices)
+        try:
+            engine.check_capacity(n_choices)
+        except Exception:
+            await ticket.settle("rejected")
+            raise
         stream = fan_out(engine, prompts, params, body.n)
 
         async def events() -> AsyncIterator[str]:
-            completion = 0
-            try:
-                async for i, out in stream:
-                    if out.text or out.finished:
-                        lp = None
-                        if want_lp:
-                            acc = _Logprobs()
-                            acc.add(out)
-                            lp = acc.as_dict()
-                        yield sse({**head, "choices": [{"index": i, "text": out.text, "logprobs": lp,
-                                                        "finish_reason": out.finish_reason}]})
-                    if out.finished:
-                        completion += out.completion_tokens
-                if include_usage:
-                    yield sse({**head, "choices": [], "usage": {
-                        "prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                        "total_tokens": prompt_tokens + completion}})
-            except Exception as e:
-                yield sse_error(e)
-            yield SSE_DONE
+            async with Metered(ticket, prompt_tokens) as meter:
+                completion = 0
+                try:
+                    async for i, out in stream:
+                        meter.add(i, out)
+                        if out.text or out.finished:
+                            lp = None
+                            if want_lp:
+                                acc = _Logprobs()
+                                acc.add(out)
+                                lp = acc.as_dict()
+                            yield sse({**head, "choices": [{"index": i, "text": out.text, "logprobs": lp,
+                                                            "finish_reason": out.finish_reason}]})
+                        if out.finished:
+                            completion += out.completion_tokens
+                    if include_usage:
+                        yield sse({**head, "choices": [], "usage": {
+                            "prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                            "total_tokens": prompt_tokens + completion}})
+                except Exception as e:
+                    meter.status = "error"
+                    yield sse_error(e)
+                yield SSE_DONE
 
-        return sse_response(events())
+        return sse_response(events(), ticket.headers)
 
-    async def collect() -> dict:
+    async def collect(meter: Metered) -> dict:
         texts = [""] * n_choices
         lps = [_Logprobs() for _ in range(n_choices)]
         finish: list[str | None] = [None] * n_choices
         completion = 0
         async for i, out in fan_out(engine, prompts, params, body.n):
+            meter.add(i, out)
             texts[i] += out.text
             lps[i].add(out)
             if out.finished:
@@ -119,4 +131,6 @@ async def create_completion(body: CompletionRequest, request: Request):
             "prompt_tokens": prompt_tokens, "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion}}
 
-    return await until_disconnected(request, collect())
+    response.headers.update(ticket.headers)
+    async with Metered(ticket, prompt_tokens) as meter:
+        return await until_disconnected(request, collect(meter))

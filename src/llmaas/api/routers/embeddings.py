@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from llmaas.api.generation import get_engine
+from llmaas.api.deps import CurrentPrincipal, admit
+from llmaas.api.generation import Metered, get_engine
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import EmbeddingRequest
 
@@ -15,8 +16,9 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
-    engine = get_engine(request, body.model)
+async def create_embeddings(body: EmbeddingRequest, request: Request, response: Response,
+                            principal: CurrentPrincipal) -> dict:
+    engine = get_engine(request, body.model, principal)
     raw = body.input
     if isinstance(raw, str):
         items: list = [raw]
@@ -29,7 +31,11 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
     if len(items) > 2048:
         raise InvalidRequestError("at most 2048 inputs per request", param="input")
     tokens = [engine.tokenize(x) if isinstance(x, str) else list(x) for x in items]
-    vectors = await engine.embed(tokens)
+    n = sum(len(t) for t in tokens)
+    ticket = await admit(request, principal, body.model, "embeddings", n, 0)
+    response.headers.update(ticket.headers)
+    async with Metered(ticket, n):
+        vectors = await engine.embed(tokens)
     data = []
     for i, v in enumerate(vectors):
         if body.dimensions:
@@ -38,6 +44,5 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
         if body.encoding_format == "base64":
             emb = base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": emb})
-    n = sum(len(t) for t in tokens)
     return {"object": "list", "data": data, "model": body.model,
             "usage": {"prompt_tokens": n, "total_tokens": n}}

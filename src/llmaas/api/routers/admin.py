@@ -1,0 +1,198 @@
+"""/v1/admin: tenants, their keys and limits, model prices, usage of all tenants, the audit log.
+
+Admins reach everything; a tenant owner reaches its own tenant's keys and audit trail through the
+same routes, and another tenant's ids answer 404 exactly like ids that do not exist. The routes are
+plain `def`: FastAPI runs them in its thread pool, so database work never blocks the event loop."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext
+from llmaas.control import audit, tenants, usage
+from llmaas.control.catalog import price_dict
+from llmaas.control.keys import key_dict
+from llmaas.control.plane import ControlPlane
+from llmaas.control.principal import Context, Limits
+from llmaas.core.errors import InvalidRequestError
+from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _cp(request: Request) -> ControlPlane:
+    cp = request.app.state.control
+    if cp is None:
+        raise InvalidRequestError("The admin API needs the control plane; this server runs with auth disabled.")
+    return cp
+
+
+def _page(items: list[dict]) -> dict:
+    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None, "has_more": False}
+
+
+def _tenant_out(cp: ControlPlane, s, t) -> dict:
+    return {**tenants.tenant_dict(t), "budget": cp.budgets.status(s, "tenant", t.id, Limits.of(t))}
+
+
+# --- tenants ---
+
+@router.post("/tenants")
+def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        t = tenants.create(s, ctx, body.name, body.limits.changes() if body.limits else None, body.metadata)
+        return _tenant_out(cp, s, t)
+
+
+@router.get("/tenants")
+def list_tenants(request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return _page([_tenant_out(cp, s, t) for t in tenants.list_visible(s, ctx)])
+
+
+@router.get("/tenants/{tenant_id}")
+def get_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return _tenant_out(cp, s, tenants.get_visible(s, ctx, tenant_id))
+
+
+@router.patch("/tenants/{tenant_id}")
+def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        t = tenants.update_tenant(s, ctx, tenant_id, name=body.name, disabled=body.disabled,
+                                  limits=body.limits.changes() if body.limits else None, metadata=body.metadata)
+        out = _tenant_out(cp, s, t)
+    cp.keys.invalidate()  # limits and the disabled flag travel with cached keys
+    return out
+
+
+@router.delete("/tenants/{tenant_id}")
+def delete_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        t = tenants.delete(s, ctx, tenant_id)
+    cp.keys.invalidate()
+    return {"id": t.id, "object": "tenant.deleted", "deleted": True}
+
+
+# --- keys ---
+
+@router.post("/tenants/{tenant_id}/keys")
+def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        k, secret = cp.keys.create(s, ctx, tenant_id, name=body.name, role=body.role, models=body.models,
+                                   expires_at=body.expiry(), limits=body.limits.changes() if body.limits else None)
+        return key_dict(k, secret)
+
+
+@router.get("/tenants/{tenant_id}/keys")
+def list_keys(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return _page([key_dict(k) for k in cp.keys.list(s, ctx, tenant_id)])
+
+
+@router.get("/tenants/{tenant_id}/keys/{key_id}")
+def get_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        k = cp.keys.get(s, ctx, tenant_id, key_id)
+        return {**key_dict(k), "budget": cp.budgets.status(s, "key", k.id, Limits.of(k))}
+
+
+@router.patch("/tenants/{tenant_id}/keys/{key_id}")
+def update_key(tenant_id: str, key_id: str, body: KeyUpdate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    sent = body.model_dump(exclude_unset=True)
+    with cp.db.session() as s:
+        k = cp.keys.update(s, ctx, tenant_id, key_id, name=body.name, role=body.role,
+                           models=sent.get("models", ...),
+                           limits=body.limits.changes() if body.limits else None)
+        return key_dict(k)
+
+
+@router.delete("/tenants/{tenant_id}/keys/{key_id}")
+def revoke_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return key_dict(cp.keys.revoke(s, ctx, tenant_id, key_id))
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate")
+def rotate_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext,
+               body: KeyRotate | None = None) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        k, secret = cp.keys.rotate(s, ctx, tenant_id, key_id, grace_seconds=(body or KeyRotate()).grace_seconds)
+        return key_dict(k, secret)
+
+
+# --- model catalog ---
+
+@router.get("/models")
+def list_prices(request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    ctx.principal.require()
+    with cp.db.session() as s:
+        return _page([price_dict(p) for p in cp.catalog.list(s)])
+
+
+@router.get("/models/{model:path}")
+def get_price(model: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    ctx.principal.require()
+    with cp.db.session() as s:
+        return price_dict(cp.catalog.get(s, model))
+
+
+@router.put("/models/{model:path}")
+def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return price_dict(cp.catalog.set_price(
+            s, ctx, model, input_usd_per_mtok=body.input_usd_per_mtok, output_usd_per_mtok=body.output_usd_per_mtok,
+            training_usd_per_mtok=body.training_usd_per_mtok))
+
+
+# --- usage and audit ---
+
+def usage_report(request: Request, ctx: Context, tenant_id: str | None, start_date: date | None,
+                 end_date: date | None, group_by: list[str], model: str | None, key_id: str | None) -> dict:
+    cp = _cp(request)
+    groups = [g.strip() for item in group_by for g in item.split(",") if g.strip()]
+    with cp.db.session() as s:
+        return usage.summarize(s, ctx, tenant_id=tenant_id, start=start_date, end=end_date, group_by=groups,
+                               model=model, key_id=key_id)
+
+
+@router.get("/usage")
+def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = None,
+                start_date: date | None = None, end_date: date | None = None,
+                group_by: list[str] = Query(default=[]), model: str | None = None,
+                key_id: str | None = None) -> dict:
+    ctx.principal.require()
+    return usage_report(request, ctx, tenant_id, start_date, end_date, group_by, model, key_id)
+
+
+@router.get("/audit")
+def audit_log(request: Request, ctx: CurrentContext, tenant_id: str | None = None, action: str | None = None,
+              actor_key_id: str | None = None, target_id: str | None = None, since: int | None = None,
+              until: int | None = None, after: int | None = None,
+              limit: int = Query(default=100, ge=1, le=1000)) -> dict:
+    cp = _cp(request)
+    q = audit.AuditQuery(tenant_id=tenant_id, action=action, actor_key_id=actor_key_id, target_id=target_id,
+                         since=datetime.fromtimestamp(since, UTC) if since else None,
+                         until=datetime.fromtimestamp(until, UTC) if until else None, after=after, limit=limit)
+    with cp.db.session() as s:
+        rows = audit.query(s, ctx, q)
+        items = [audit.to_dict(r) for r in rows]
+    return {"object": "list", "data": items, "has_more": len(items) == limit,
+            "last_id": items[-1]["id"] if items else None}

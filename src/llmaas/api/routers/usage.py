@@ -1,0 +1,19 @@
+"""GET /v1/usage: the caller's tenant's usage and cost, grouped by model, key, day."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext
+from llmaas.api.routers.admin import usage_report
+
+router = APIRouter()
+
+
+@router.get("/v1/usage")
+def tenant_usage(request: Request, ctx: CurrentContext, start_date: date | None = None, end_date: date | None = None,
+                 group_by: list[str] = Query(default=[], description="model, key, day, endpoint, status"),
+                 model: str | None = None, key_id: str | None = None) -> dict:
+    return usage_report(request, ctx, None, start_date, end_date, group_by, model, key_id)

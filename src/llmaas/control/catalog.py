@@ -1,0 +1,91 @@
+"""The model catalog's prices (USD per million tokens; pico-USD per token inside), cached in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from llmaas.control import audit
+from llmaas.control.clock import utcnow
+from llmaas.control.db.database import Database
+from llmaas.control.db.models import ModelPrice
+from llmaas.control.money import price_per_mtok, price_to_pico_per_token
+from llmaas.control.principal import Context
+from llmaas.core.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class Price:
+    input_pico: int
+    output_pico: int
+    training_pico: int
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        return prompt_tokens * self.input_pico + completion_tokens * self.output_pico
+
+
+def price_dict(p: ModelPrice) -> dict:
+    return {"id": p.model, "object": "model.price", "input_usd_per_mtok": price_per_mtok(p.input_pico),
+            "output_usd_per_mtok": price_per_mtok(p.output_pico),
+            "training_usd_per_mtok": price_per_mtok(p.training_pico), "updated_at": int(p.updated_at.timestamp())}
+
+
+def base_model(model: str) -> str:
+    """'ft:<base>:<tenant>:<suffix>:<job>' is priced as its base model."""
+    return model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 2 else model
+
+
+class Catalog:
+    def __init__(self, db: Database, defaults: tuple[str, str, str]) -> None:
+        self.db = db
+        self.default = Price(*(price_to_pico_per_token(v, param="default price") for v in defaults))
+        self._cache: dict[str, Price] = {}
+
+    def ensure(self, models: list[str]) -> None:
+        """Give every served model a price row (the default) unless an admin set one."""
+        with self.db.session() as s:
+            for m in models:
+                if s.get(ModelPrice, m) is None:
+                    s.add(ModelPrice(model=m, input_pico=self.default.input_pico,
+                                     output_pico=self.default.output_pico,
+                                     training_pico=self.default.training_pico, updated_at=utcnow()))
+        self.reload()
+
+    def reload(self) -> None:
+        with self.db.session() as s:
+            self._cache = {p.model: Price(p.input_pico, p.output_pico, p.training_pico)
+                           for p in s.scalars(select(ModelPrice))}
+
+    def price(self, model: str) -> Price:
+        return self._cache.get(model) or self._cache.get(base_model(model)) or self.default
+
+    def list(self, s: Session) -> list[ModelPrice]:
+        return list(s.scalars(select(ModelPrice).order_by(ModelPrice.model)))
+
+    def get(self, s: Session, model: str) -> ModelPrice:
+        p = s.get(ModelPrice, model)
+        if p is None:
+            raise NotFoundError(f"No price for model '{model}' in the catalog.", param="model")
+        return p
+
+    def set_price(self, s: Session, ctx: Context, model: str, *, input_usd_per_mtok: str | None = None,
+                  output_usd_per_mtok: str | None = None, training_usd_per_mtok: str | None = None) -> ModelPrice:
+        ctx.principal.require()  # admin only
+        p = s.get(ModelPrice, model)
+        before = price_dict(p) if p else None
+        if p is None:
+            p = ModelPrice(model=model, input_pico=self.default.input_pico, output_pico=self.default.output_pico,
+                           training_pico=self.default.training_pico, updated_at=utcnow())
+            s.add(p)
+        for attr, value, param in (("input_pico", input_usd_per_mtok, "input_usd_per_mtok"),
+                                   ("output_pico", output_usd_per_mtok, "output_usd_per_mtok"),
+                                   ("training_pico", training_usd_per_mtok, "training_usd_per_mtok")):
+            if value is not None:
+                setattr(p, attr, price_to_pico_per_token(value, param=param))
+        p.updated_at = utcnow()
+        s.flush()
+        audit.record(s, ctx, "model.price", "model", model, tenant_id=None, before=before, after=price_dict(p))
+        self._cache[model] = Price(p.input_pico, p.output_pico, p.training_pico)
+        return p

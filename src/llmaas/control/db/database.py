@@ -1,0 +1,78 @@
+"""The database handle: engine + sessions + migrations. SQLite runs in WAL mode so readers never
+block the writer; PostgreSQL is used as is. Built by `Database(url)`, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("llmaas.db")
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs people paste (postgresql://, postgres://) and use psycopg 3 for them."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        kw: dict = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kw.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: Engine = create_engine(self.url, **kw)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed on success, rolled back on error."""
+        s = self.sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision (idempotent; serialised across processes)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise on every start
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:  # two gateways starting together must not both run the migration
+                conn.execute(text("SELECT pg_advisory_xact_lock(724311)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints, safe against corruption in WAL mode
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

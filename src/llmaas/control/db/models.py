@@ -1,0 +1,120 @@
+"""Tables of the control plane. Money is stored as integer pico-USD (1e-12 USD): exact on every
+database (SQLite has no decimal type) and summable in SQL; the API speaks decimal strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LimitColumns:
+    """Limits a tenant and a key both carry; NULL means unlimited."""
+
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_parallel: Mapped[int | None] = mapped_column(Integer)
+    budget_pico: Mapped[int | None] = mapped_column(BigInteger)
+    budget_period: Mapped[str] = mapped_column(String(16), default="monthly")
+    budget_alert_fraction: Mapped[float] = mapped_column(Float, default=0.8)
+
+
+class Tenant(LimitColumns, Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+
+
+class ApiKey(LimitColumns, Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The first characters of the secret: shown in listings and used to find the row; the rest is only hashed.
+    prefix: Mapped[str] = mapped_column(String(32), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list | None] = mapped_column(JSON)  # allowed model ids; NULL = all
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rotated_from: Mapped[str | None] = mapped_column(String(40))
+
+
+class ModelPrice(Base):
+    """The model catalog's prices, in pico-USD per token."""
+
+    __tablename__ = "model_prices"
+
+    model: Mapped[str] = mapped_column(String(300), primary_key=True)
+    input_pico: Mapped[int] = mapped_column(BigInteger)
+    output_pico: Mapped[int] = mapped_column(BigInteger)
+    training_pico: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BudgetLedger(Base):
+    """Spend of one scope (tenant or key) in one budget period; `reserved` holds admitted, unsettled work."""
+
+    __tablename__ = "budget_ledgers"
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "period_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8))  # tenant | key
+    scope_id: Mapped[str] = mapped_column(String(40))
+    period_start: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD (UTC)
+    spent_pico: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_pico: Mapped[int] = mapped_column(BigInteger, default=0)
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(300))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_pico: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | cancelled
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD (UTC), so grouping by day is portable SQL
+
+
+class AuditRecord(Base):
+    """Append-only (the migration installs triggers that refuse UPDATE and DELETE)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_tenant_time", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor_key_id: Mapped[str | None] = mapped_column(String(40))
+    actor_tenant_id: Mapped[str | None] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64))  # "key:<id>", "cli", "system"
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. key.create, tenant.update
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(300))
+    tenant_id: Mapped[str | None] = mapped_column(String(40))  # whose resource it was
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[dict | None] = mapped_column(JSON)
+    after: Mapped[dict | None] = mapped_column(JSON)

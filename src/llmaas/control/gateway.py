@@ -1,0 +1,127 @@
+"""Admission and settlement of every billable request: role and model access, rate limits, budget
+reservation, then — whatever happens to the request — settlement of real usage and metering.
+
+    ticket = await gateway.admit(principal, model, "chat.completions", prompt_tokens, max_tokens, rid)
+    try: ... ticket.usage(prompt, completion, cached) ...
+    finally: await ticket.settle(status)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from llmaas.control.budgets import Budgets, BudgetScope, Hold
+from llmaas.control.catalog import Catalog, Price
+from llmaas.control.clock import utcnow
+from llmaas.control.metering import Meter, UsageEvent
+from llmaas.control.money import PICO_PER_USD
+from llmaas.control.principal import SPENDERS, Principal
+from llmaas.control.ratelimit import Limiter, Scope
+from llmaas.core.errors import ModelNotFoundError, QuotaExceededError, RateLimitError
+from llmaas.core.metrics import ControlMetrics
+
+_UNITS = {"requests": ("requests per minute (RPM)", "rpm"), "tokens": ("tokens per minute (TPM)", "tpm"),
+          "parallel": ("parallel requests", "max_parallel")}
+
+
+@dataclass
+class Ticket:
+    gateway: Gateway
+    principal: Principal
+    model: str
+    endpoint: str
+    request_id: str
+    lease: str
+    reserved_tokens: int
+    price: Price
+    scopes: list[Scope]
+    holds: list[Hold]
+    headers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    settled: bool = False
+
+    def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
+        self.prompt_tokens, self.completion_tokens, self.cached_tokens = prompt, completion, cached
+
+    async def settle(self, status: str = "ok") -> None:
+        """Release what was reserved and meter what was used. Safe to call more than once."""
+        if self.settled:
+            return
+        self.settled = True
+        await self.gateway.settle(self, status)
+
+
+class Gateway:
+    def __init__(self, limiter: Limiter, budgets: Budgets, meter: Meter, catalog: Catalog,
+                 metrics: ControlMetrics) -> None:
+        self.limiter, self.budgets, self.meter, self.catalog, self.metrics = limiter, budgets, meter, catalog, metrics
+
+    async def admit(self, p: Principal, model: str, endpoint: str, prompt_tokens: int, max_tokens: int,
+                    request_id: str) -> Ticket:
+        p.require(*SPENDERS)
+        if not p.can_use_model(model):
+            raise ModelNotFoundError(model)
+        scopes = [Scope(f"tenant:{p.tenant_id}", p.tenant_limits)]
+        if p.key_id:
+            scopes.append(Scope(f"key:{p.key_id}", p.key_limits))
+        scopes = [s for s in scopes if s.active]
+        tokens = prompt_tokens + max_tokens
+        lease = uuid.uuid4().hex  # never the client-supplied request id: leases must be unique
+        decision = await self.limiter.acquire(scopes, tokens, lease) if scopes else None
+        if decision is not None and not decision.ok:
+            self.metrics.rate_limited.labels(p.tenant_id, decision.reason or "").inc()
+            self.metrics.requests.labels(model, p.tenant_id, "rate_limited").inc()
+            raise self._rate_error(decision.reason or "requests", decision.scope or "", scopes, tokens,
+                                   decision.retry_after_s, decision.too_large)
+        price = self.catalog.price(model)
+        budget_scopes = [BudgetScope("tenant", p.tenant_id, p.tenant_limits)]
+        if p.key_id:
+            budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits))
+        holds: list[Hold] = []
+        if any(b.limits.budget_pico is not None for b in budget_scopes):
+            try:
+                holds = await asyncio.to_thread(self.budgets.reserve, budget_scopes,
+                                                price.cost(prompt_tokens, max_tokens))
+            except QuotaExceededError:
+                if scopes:
+                    await self.limiter.release(scopes, tokens, lease)
+                self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
+                self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
+                raise
+        headers = decision.headers() if decision else {}
+        return Ticket(self, p, model, endpoint, request_id, lease, tokens, price, scopes, holds, headers)
+
+    def _rate_error(self, reason: str, scope: str, scopes: list[Scope], tokens: int, retry: float,
+                    too_large: bool) -> RateLimitError:
+        unit, attr = _UNITS[reason]
+        lim = next((getattr(s.limits, attr) for s in scopes if s.name == scope), None)
+        kind, _, sid = scope.partition(":")
+        what = f"{kind} {sid}"
+        if too_large:
+            return RateLimitError(
+                f"Request too large for {unit} on {what}: Limit {lim}, Requested {tokens}. "
+                "Reduce the prompt or max_tokens.", retry, code="rate_limit_exceeded", error_type="tokens")
+        requested = {"requests": 1, "tokens": tokens, "parallel": 1}[reason]
+        return RateLimitError(
+            f"Rate limit reached for {unit} on {what}: Limit {lim}, Requested {requested}. "
+            f"Please try again in {retry:.3g}s.", retry, error_type=reason)
+
+    async def settle(self, t: Ticket, status: str) -> None:
+        used = t.prompt_tokens + t.completion_tokens
+        if t.scopes:
+            await self.limiter.release(t.scopes, t.reserved_tokens - used, t.lease)
+        cost = t.price.cost(t.prompt_tokens, t.completion_tokens)
+        self.meter.submit(UsageEvent(
+            request_id=t.request_id, tenant_id=t.principal.tenant_id, key_id=t.principal.key_id, model=t.model,
+            endpoint=t.endpoint, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
+            cached_tokens=t.cached_tokens, cost_pico=cost, latency_ms=(time.perf_counter() - t.started) * 1000,
+            status=status, at=utcnow(), holds=t.holds))
+        self.metrics.requests.labels(t.model, t.principal.tenant_id, status).inc()
+        if cost:
+            self.metrics.spend.labels(t.principal.tenant_id).inc(cost / PICO_PER_USD)

@@ -1,0 +1,151 @@
+"""Usage metering off the hot path: requests hand a UsageEvent to the Meter, a background thread
+writes them in batches (usage rows + budget settlements + keys' last use) in one transaction.
+`close()` drains the queue, so a clean stop loses nothing; a failed write is retried, not dropped."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import insert, update
+
+from llmaas.control import audit
+from llmaas.control.budgets import Budgets, Hold
+from llmaas.control.db.database import Database
+from llmaas.control.db.models import ApiKey, UsageRecord
+from llmaas.control.money import pico_to_usd
+from llmaas.control.principal import Context, Principal, Role
+
+log = logging.getLogger("llmaas.metering")
+
+_SYSTEM = Context(Principal(key_id=None, tenant_id="org-platform", role=Role.ADMIN, label="system"))
+
+
+@dataclass
+class UsageEvent:
+    request_id: str
+    tenant_id: str
+    key_id: str | None
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_pico: int
+    latency_ms: float
+    status: str  # ok | error | cancelled
+    at: datetime
+    holds: list[Hold] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return {"request_id": self.request_id, "tenant_id": self.tenant_id, "key_id": self.key_id,
+                "model": self.model, "endpoint": self.endpoint, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+                "cost_pico": self.cost_pico, "latency_ms": self.latency_ms, "status": self.status,
+                "created_at": self.at, "day": self.at.date().isoformat()}
+
+
+class Meter:
+    def __init__(self, db: Database, budgets: Budgets, *, interval_s: float = 0.25, batch: int = 2000,
+                 last_used=None) -> None:
+        self.db, self.budgets = db, budgets
+        self.interval_s, self.batch = interval_s, batch
+        self._q: queue.SimpleQueue[UsageEvent | None] = queue.SimpleQueue()
+        self._pending: list[UsageEvent] = []
+        self._last_used = last_used  # callable returning {key_id: datetime}
+        self._thread: threading.Thread | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llmaas-meter", daemon=True)
+        self._thread.start()
+
+    def submit(self, ev: UsageEvent) -> None:
+        self._q.put(ev)
+
+    def close(self) -> None:
+        """Stop after writing everything submitted so far."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+        self._drain()
+        if self._pending:
+            self._write()
+        if self._pending:
+            log.error("%d usage records could not be written at shutdown", len(self._pending))
+
+    def flush(self) -> None:
+        """Write everything submitted so far now (tests, shutdown)."""
+        self._drain()
+        while self._pending:
+            if not self._write():
+                break
+
+    def _drain(self) -> bool:
+        stop = False
+        while True:
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                return stop
+            if ev is None:
+                stop = True
+            else:
+                self._pending.append(ev)
+
+    def _run(self) -> None:
+        while True:
+            deadline = time.monotonic() + self.interval_s
+            stop = False
+            while len(self._pending) < self.batch:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    ev = self._q.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if ev is None:
+                    stop = True
+                    break
+                self._pending.append(ev)
+            stop = self._drain() or stop
+            if self._pending or self._last_used:
+                self._write()
+            if stop:
+                return
+
+    def _write(self) -> bool:
+        events, self._pending = self._pending[: self.batch], self._pending[self.batch:]
+        used = self._last_used() if self._last_used else {}
+        if not events and not used:
+            return True
+        alerts: list[tuple[Hold, UsageEvent]] = []
+        try:
+            with self.db.session() as s:
+                if events:
+                    s.execute(insert(UsageRecord), [e.row() for e in events])
+                for e in events:
+                    for h in e.holds:
+                        if self.budgets.settle(s, h, e.cost_pico):
+                            alerts.append((h, e))
+                for key_id, at in used.items():
+                    s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=at))
+                for h, e in alerts:
+                    audit.record(s, _SYSTEM, "budget.alert", h.scope, h.scope_id, tenant_id=e.tenant_id,
+                                 after={"budget_usd": pico_to_usd(h.budget_pico), "alert_fraction": h.alert_fraction})
+        except Exception:
+            log.exception("writing %d usage records failed; will retry", len(events))
+            self._pending = events + self._pending
+            time.sleep(min(1.0, self.interval_s * 4))
+            return False
+        for h, _ in alerts:
+            log.warning("budget alert: %s %s has spent over %.0f%% of its %s USD budget", h.scope, h.scope_id,
+                        h.alert_fraction * 100, pico_to_usd(h.budget_pico))
+        self.written += len(events)
+        return True

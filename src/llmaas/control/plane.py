@@ -1,0 +1,64 @@
+"""The control plane of one process: database, keys, limits, budgets, catalog, meter and gateway,
+opened from settings by the app's lifespan (or the CLI) and closed with it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from llmaas.control.budgets import Budgets
+from llmaas.control.catalog import Catalog
+from llmaas.control.db.database import Database
+from llmaas.control.gateway import Gateway
+from llmaas.control.keys import KeyService
+from llmaas.control.metering import Meter
+from llmaas.control.ratelimit import Limiter, MemoryLimiter
+from llmaas.core.config import Settings
+from llmaas.core.metrics import ControlMetrics
+
+log = logging.getLogger("llmaas.control")
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, metrics: ControlMetrics, *, limiter: Limiter | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url())
+        self.keys = KeyService(self.db, cache_ttl_s=settings.key_cache_ttl_s,
+                               failures_per_minute=settings.auth_failures_per_minute)
+        self.budgets = Budgets(self.db)
+        self.catalog = Catalog(self.db, (settings.default_input_usd_per_mtok, settings.default_output_usd_per_mtok,
+                                         settings.default_training_usd_per_mtok))
+        self.meter = Meter(self.db, self.budgets, interval_s=settings.usage_flush_interval_s,
+                           last_used=self.keys.pop_last_used)
+        self.limiter: Limiter = limiter or MemoryLimiter()
+        self.gateway = Gateway(self.limiter, self.budgets, self.meter, self.catalog, metrics)
+        self.admin_secret: str | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: ControlMetrics, models: list[str]) -> ControlPlane:
+        """Migrate, bootstrap the admin key, seed prices, connect Redis, start the meter."""
+        limiter: Limiter | None = None
+        if settings.redis_url:
+            from llmaas.control.ratelimit_redis import RedisLimiter
+
+            redis_limiter = RedisLimiter(settings.redis_url)
+            await redis_limiter.ping()  # fail at start, not on the first request
+            limiter = redis_limiter
+        cp = cls(settings, metrics, limiter=limiter)
+        cp.db.migrate()
+        cp.admin_secret = cp.keys.bootstrap(settings.admin_key)
+        if cp.admin_secret:
+            banner = ("\n" + "=" * 72 + "\nllmaas: first start, created the platform admin key (shown only once):\n\n"
+                      f"    {cp.admin_secret}\n\nKeep it safe. Create tenants and their keys with it "
+                      "(POST /v1/admin/tenants) or with `llmaas admin`.\n" + "=" * 72 + "\n")
+            print(banner, file=sys.stderr, flush=True)
+        cp.catalog.ensure(models)
+        cp.meter.start()
+        log.info("control plane ready: database %s, limits %s", cp.db.engine.url.render_as_string(hide_password=True),
+                 "redis" if settings.redis_url else "in-process")
+        return cp
+
+    async def close(self) -> None:
+        self.meter.close()
+        await self.limiter.close()
+        self.db.close()

@@ -1,0 +1,74 @@
+"""Wire schemas of the admin API (tenants, keys, limits, prices). Unknown fields are refused (400
+naming the field) so that a typo in a limit never silently leaves a tenant unlimited."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsIn(_Strict):
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (prompt + max completion)")
+    max_parallel: int | None = Field(default=None, ge=1, description="Requests in flight at once")
+    budget_usd: Decimal | None = Field(default=None, ge=0, description="Spend allowed per budget period")
+    budget_period: Literal["daily", "weekly", "monthly"] | None = None
+    budget_alert_fraction: float | None = Field(default=None, gt=0, le=1, description="Soft alert threshold")
+
+    def changes(self) -> dict:
+        """Only the fields the caller sent; an explicit null clears that limit."""
+        return self.model_dump(exclude_unset=True)
+
+
+class TenantCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    limits: LimitsIn | None = None
+    metadata: dict[str, str] | None = None
+
+
+class TenantUpdate(_Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    disabled: bool | None = None
+    limits: LimitsIn | None = None
+    metadata: dict[str, str] | None = None
+
+
+class KeyCreate(_Strict):
+    name: str = Field(default="", max_length=200)
+    role: Literal["admin", "owner", "member", "reader"] = "member"
+    models: list[str] | None = Field(default=None, description="Allowed model ids; null = all")
+    expires_at: int | None = Field(default=None, description="Unix time")
+    expires_in_days: float | None = Field(default=None, gt=0)
+    limits: LimitsIn | None = None
+
+    def expiry(self) -> datetime | None:
+        if self.expires_at is not None:
+            return datetime.fromtimestamp(self.expires_at, UTC)
+        if self.expires_in_days is not None:
+            return datetime.now(UTC) + timedelta(days=self.expires_in_days)
+        return None
+
+
+class KeyUpdate(_Strict):
+    name: str | None = Field(default=None, max_length=200)
+    role: Literal["admin", "owner", "member", "reader"] | None = None
+    models: list[str] | None = None
+    limits: LimitsIn | None = None
+
+
+class KeyRotate(_Strict):
+    grace_seconds: int = Field(default=0, ge=0, le=7 * 86400,
+                               description="Keep the old key working this long so clients can switch")
+
+
+class PriceSet(_Strict):
+    input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    training_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
