@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from llmaas.cli_admin import admin_app
+
 app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 
 
 @app.callback()
@@ -67,6 +70,20 @@ def serve(
     )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+
+
+@app.command()
+def migrate(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data dir of the SQLite database. (env LLMAAS_DATA_DIR; default ./.llmaas; "
+                          "LLMAAS_DATABASE_URL overrides)"),
+    ] = None,
+) -> None:
+    """Create or upgrade the control-plane database schema (safe to run again; `serve` also does it)."""
+    from llmaas.cli_admin import run_migrate
+
+    run_migrate(data_dir)
 
 
 @app.command()

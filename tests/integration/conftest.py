@@ -15,6 +15,7 @@ import pytest
 from openai import OpenAI
 
 MODEL = "SmolLM2-135M-Instruct"
+ADMIN_KEY = "sk-llmaas-integration-admin-key-0000000000"
 
 
 def _free_port() -> int:
@@ -24,14 +25,16 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log = tmp / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "llmaas.cli", "serve", "--port", str(self.port), "--data-dir",
                str(tmp / "data"), "--threads", "2", *args]
         self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ})
+        env = {**os.environ, "LLMAAS_ADMIN_KEY": ADMIN_KEY, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -45,8 +48,14 @@ class LiveServer:
         self.stop()
         raise RuntimeError("server did not become ready in 120 s")
 
-    def client(self, **kw) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kw)
+    def client(self, api_key: str = ADMIN_KEY, **kw) -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kw)
+
+    def admin(self, method: str, path: str, **kw) -> dict:
+        r = httpx.request(method, f"{self.url}/v1/admin{path}", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                          timeout=30, **kw)
+        assert r.status_code == 200, r.text
+        return r.json()
 
     def metric(self, name: str) -> float:
         for line in httpx.get(f"{self.url}/metrics").text.splitlines():

@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.integration.conftest import MODEL, LiveServer
+from tests.integration.conftest import ADMIN_KEY, MODEL, LiveServer
 
 pytestmark = pytest.mark.integration
 USER = [{"role": "user", "content": "Name three colors."}]
@@ -149,7 +149,8 @@ def test_errors(client):
 
 def test_disconnect_cancels(server: LiveServer):
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True, "ignore_eos": True}
-    with httpx.Client(timeout=30) as h, h.stream("POST", f"{server.url}/v1/completions", json=body) as r:
+    with httpx.Client(timeout=30) as h, h.stream(
+            "POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
         lines = r.iter_lines()
         for _ in range(3):
             next(lines)
@@ -175,7 +176,7 @@ def test_16_concurrent_streams_exact_usage(server: LiveServer):
         return n_chunks, usage.completion_tokens
 
     async def main() -> list[tuple[int, int]]:
-        async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as c:
+        async with AsyncOpenAI(base_url=f"{server.url}/v1", api_key=ADMIN_KEY, max_retries=0) as c:
             return await asyncio.gather(*[one(c, i) for i in range(16)])
 
     results = asyncio.run(main())

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from llmaas.control.clock import utcnow
+from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import AuditRecord
 from llmaas.control.principal import Context
 
@@ -65,7 +65,7 @@ def query(s: Session, ctx: Context, q: AuditQuery) -> list[AuditRecord]:
 
 def to_dict(r: AuditRecord) -> dict:
     return {
-        "id": r.id, "object": "audit_log.entry", "at": int(r.at.timestamp()), "action": r.action,
+        "id": r.id, "object": "audit_log.entry", "at": int(aware(r.at).timestamp()), "action": r.action,
         "actor": {"key_id": r.actor_key_id, "tenant_id": r.actor_tenant_id, "name": r.actor,
                   "ip": r.source_ip},
         "target": {"type": r.target_type, "id": r.target_id, "tenant_id": r.tenant_id},

@@ -15,9 +15,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from llmaas.control.catalog import Price, base_model
 from llmaas.control.clock import period_start, utcnow
 from llmaas.control.db.database import Database
-from llmaas.control.db.models import BudgetLedger
+from llmaas.control.db.models import BudgetLedger, ModelPrice
 from llmaas.control.money import pico_to_usd
 from llmaas.control.principal import Limits
 from llmaas.core.errors import QuotaExceededError
@@ -70,14 +71,20 @@ class Budgets:
             self._ledgers[key] = lid
         return lid
 
-    def reserve(self, scopes: list[BudgetScope], cost_pico: int) -> list[Hold]:
-        """Reserve `cost_pico` on every scope that has a budget, or on none (429 insufficient_quota)."""
+    def reserve(self, scopes: list[BudgetScope], model: str, prompt_tokens: int, max_tokens: int,
+                fallback: Price) -> tuple[list[Hold], Price]:
+        """Reserve the worst-case cost on every scope that has a budget, or on none (429 insufficient_quota).
+        The price is read in the same transaction, so a price change made through another process
+        applies at once to budgeted requests; the price used is returned for settlement."""
         scopes = [b for b in scopes if b.limits.budget_pico is not None]
         if not scopes:
-            return []
+            return [], fallback
         now = utcnow()
         holds: list[Hold] = []
         with self.db.session() as s:
+            row = s.get(ModelPrice, model) or s.get(ModelPrice, base_model(model))
+            price = Price(row.input_pico, row.output_pico, row.training_pico) if row else fallback
+            cost_pico = price.cost(prompt_tokens, max_tokens)
             for b in scopes:
                 start = period_start(b.limits.budget_period, now)
                 lid = self._ledger_id(s, b.scope, b.scope_id, start.isoformat())
@@ -102,7 +109,7 @@ class Budgets:
                         (reset - now).total_seconds(),
                     )
                 holds.append(Hold(lid, b.scope, b.scope_id, cost_pico, budget, b.limits.budget_alert_fraction))
-        return holds
+        return holds, price
 
     def settle(self, s: Session, hold: Hold, actual_pico: int) -> bool:
         """Turn a reservation into spend (called by the meter, in its batch transaction).

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control import audit
-from llmaas.control.clock import utcnow
+from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ModelPrice
 from llmaas.control.money import price_per_mtok, price_to_pico_per_token
@@ -29,7 +29,8 @@ class Price:
 def price_dict(p: ModelPrice) -> dict:
     return {"id": p.model, "object": "model.price", "input_usd_per_mtok": price_per_mtok(p.input_pico),
             "output_usd_per_mtok": price_per_mtok(p.output_pico),
-            "training_usd_per_mtok": price_per_mtok(p.training_pico), "updated_at": int(p.updated_at.timestamp())}
+            "training_usd_per_mtok": price_per_mtok(p.training_pico),
+            "updated_at": int(aware(p.updated_at).timestamp())}
 
 
 def base_model(model: str) -> str:

@@ -86,8 +86,8 @@ class Gateway:
         holds: list[Hold] = []
         if any(b.limits.budget_pico is not None for b in budget_scopes):
             try:
-                holds = await asyncio.to_thread(self.budgets.reserve, budget_scopes,
-                                                price.cost(prompt_tokens, max_tokens))
+                holds, price = await asyncio.to_thread(self.budgets.reserve, budget_scopes, model, prompt_tokens,
+                                                       max_tokens, price)
             except QuotaExceededError:
                 if scopes:
                     await self.limiter.release(scopes, tokens, lease)

@@ -180,8 +180,9 @@ class KeyService:
         new, secret = _insert_key(s, tenant_id, name=old.name, role=Role(old.role), models=old.models,
                                   expires_at=old.expires_at, rotated_from=old.id)
         apply_limits(new, {k: v for k, v in limits_dict(old).items()})
-        if grace_seconds:
-            old.expires_at = utcnow() + timedelta(seconds=grace_seconds)
+        if grace_seconds:  # never extends a key that would have expired sooner
+            grace_end = utcnow() + timedelta(seconds=grace_seconds)
+            old.expires_at = min(aware(old.expires_at), grace_end) if old.expires_at else grace_end
         else:
             old.revoked_at = utcnow()
         s.flush()

@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,12 +52,15 @@ class UsageEvent:
 
 class Meter:
     def __init__(self, db: Database, budgets: Budgets, *, interval_s: float = 0.25, batch: int = 2000,
-                 last_used=None) -> None:
+                 last_used: Callable[[], dict[str, datetime]] | None = None,
+                 periodic: Callable[[], None] | None = None, periodic_s: float = 5.0) -> None:
         self.db, self.budgets = db, budgets
         self.interval_s, self.batch = interval_s, batch
         self._q: queue.SimpleQueue[UsageEvent | None] = queue.SimpleQueue()
         self._pending: list[UsageEvent] = []
-        self._last_used = last_used  # callable returning {key_id: datetime}
+        self._last_used = last_used  # returns {key_id: last use} to record
+        self._periodic, self._periodic_s = periodic, periodic_s  # e.g. refresh caches other processes change
+        self._next_periodic = time.monotonic() + periodic_s
         self._thread: threading.Thread | None = None
         self.written = 0
 
@@ -117,6 +121,12 @@ class Meter:
             stop = self._drain() or stop
             if self._pending or self._last_used:
                 self._write()
+            if self._periodic and time.monotonic() >= self._next_periodic:
+                self._next_periodic = time.monotonic() + self._periodic_s
+                try:
+                    self._periodic()
+                except Exception:
+                    log.exception("periodic refresh failed")
             if stop:
                 return
 

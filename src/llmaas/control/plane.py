@@ -29,7 +29,7 @@ class ControlPlane:
         self.catalog = Catalog(self.db, (settings.default_input_usd_per_mtok, settings.default_output_usd_per_mtok,
                                          settings.default_training_usd_per_mtok))
         self.meter = Meter(self.db, self.budgets, interval_s=settings.usage_flush_interval_s,
-                           last_used=self.keys.pop_last_used)
+                           last_used=self.keys.pop_last_used, periodic=self.catalog.reload)
         self.limiter: Limiter = limiter or MemoryLimiter()
         self.gateway = Gateway(self.limiter, self.budgets, self.meter, self.catalog, metrics)
         self.admin_secret: str | None = None

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llmaas.control import audit
-from llmaas.control.clock import utcnow
+from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import ApiKey, Tenant
 from llmaas.control.limits_view import apply_limits, limits_dict
 from llmaas.control.principal import Context, Role
@@ -26,7 +26,7 @@ def new_tenant_id() -> str:
 
 def tenant_dict(t: Tenant) -> dict:
     return {
-        "id": t.id, "object": "tenant", "name": t.name, "created_at": int(t.created_at.timestamp()),
+        "id": t.id, "object": "tenant", "name": t.name, "created_at": int(aware(t.created_at).timestamp()),
         "disabled": t.disabled, "metadata": t.metadata_ or {}, "limits": limits_dict(t),
     }
 
