@@ -394,7 +394,7 @@ def prices_set(
     training_price: Annotated[str | None, typer.Option("--training", help="USD per 1M trained tokens.")] = None,
     data_dir: DataDir = None, as_json: AsJson = False,
 ) -> None:
-    """Set a model's prices; a new model starts from the defaults. A running server applies them on restart."""
+    """Set a model's prices; a new model starts from the defaults. A running server applies them within 5 s."""
     from llmaas.control.catalog import price_dict
 
     with _admin(data_dir) as a, a.db.session() as s:

@@ -209,3 +209,27 @@ def test_prefix_reuse_reports_cached_tokens(client):
     # The shared system prompt (~80 tokens) is served from the KV cache, not prefilled again.
     assert second.usage.prompt_tokens_details.cached_tokens >= 60
     assert first.usage.prompt_tokens - second.usage.prompt_tokens_details.cached_tokens < 20
+
+
+def test_tenant_key_is_limited_and_metered_exactly(server: LiveServer):
+    t = server.admin("POST", "/tenants", json={"name": "sdk-tenant", "limits": {"rpm": 2}})["id"]
+    key = server.admin("POST", f"/tenants/{t}/keys", json={"role": "member"})["key"]
+    c = server.client(api_key=key)
+    raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=USER, max_tokens=8)
+    assert raw.headers["x-ratelimit-limit-requests"] == "2" and raw.headers["x-ratelimit-remaining-requests"] == "1"
+    first = raw.parse()
+    second = c.chat.completions.create(model=MODEL, messages=USER, max_tokens=8)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model=MODEL, messages=USER, max_tokens=8)
+    assert e.value.code == "rate_limit_exceeded" and int(e.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(openai.AuthenticationError):
+        server.client(api_key="sk-llmaas-wrong").models.list()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        usage = httpx.get(f"{server.url}/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["totals"]
+        if usage["requests"] == 2:
+            break
+        time.sleep(0.1)
+    assert usage["prompt_tokens"] == first.usage.prompt_tokens + second.usage.prompt_tokens
+    assert usage["completion_tokens"] == first.usage.completion_tokens + second.usage.completion_tokens
+    assert server.metric("llmaas:requests_total") >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -158,6 +159,19 @@ def test_usage_report_groups_by_model_key_and_day_scoped_to_the_tenant(admin):
     assert {r["tenant"] for r in everyone["data"]} >= {t1, t2}
     bad = admin.c.get("/v1/usage", headers=bearer(s1a), params={"group_by": "tenant"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    # date range (inclusive, UTC days)
+    today = datetime.now(UTC).date().isoformat()
+    in_range = admin.c.get("/v1/usage", headers=bearer(s1a), params={"start_date": today, "end_date": today})
+    assert in_range.json()["totals"]["requests"] == 3
+    past = admin.c.get("/v1/usage", headers=bearer(s1a), params={"start_date": "2020-01-01", "end_date": "2020-12-31"})
+    assert past.json()["totals"]["requests"] == 0
+    reversed_ = admin.c.get("/v1/usage", headers=bearer(s1a), params={"start_date": today, "end_date": "2020-01-01"})
+    assert reversed_.status_code == 400 and reversed_.json()["error"]["param"] == "end_date"
+    bad_date = admin.c.get("/v1/usage", headers=bearer(s1a), params={"start_date": "yesterday"})
+    assert bad_date.status_code == 400 and bad_date.json()["error"]["param"] == "start_date"
+    metrics = admin.c.get("/metrics").text
+    assert f'llmaas:requests_total{{model="fake-model",status="ok",tenant="{t1}"}} 3.0' in metrics
+    assert f'llmaas:spend_usd_total{{tenant="{t1}"}}' in metrics
 
 
 def test_usage_is_flushed_on_shutdown(tmp_path):

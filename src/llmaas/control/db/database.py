@@ -53,12 +53,12 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (idempotent; serialised across processes)."""
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise on every start
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are noise on every start
         with self.engine.begin() as conn:
             if not self.is_sqlite:  # two gateways starting together must not both run the migration
                 conn.execute(text("SELECT pg_advisory_xact_lock(724311)"))
