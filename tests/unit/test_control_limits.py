@@ -204,3 +204,15 @@ def test_a_cancelled_stream_pays_for_what_it_generated_and_releases_the_rest(adm
     rows = admin.c.get("/v1/admin/usage", params={"key_id": kid, "group_by": "status"}).json()["data"]
     assert sum(r["requests"] for r in rows) == 2
     assert all(r["status"] in ("ok", "cancelled") for r in rows)
+
+
+def test_a_budget_too_small_for_the_very_first_request_keeps_answering_429(admin):
+    # The ledger row is created by the first reservation; a refusal must not roll it back from under the cache.
+    admin.price("fake-model", "1000", "1000")
+    t = admin.tenant("tiny", budget_usd="0.000001")
+    _, k = admin.key(t)
+    for _ in range(3):
+        r = chat(admin.c, k)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
+    assert admin.c.patch(f"/v1/admin/tenants/{t}", json={"limits": {"budget_usd": "10"}}).status_code == 200
+    assert chat(admin.c, k).status_code == 200

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
 from llmaas.control.catalog import Price, base_model
 from llmaas.control.clock import period_start, utcnow
 from llmaas.control.db.database import Database
-from llmaas.control.db.models import BudgetLedger, ModelPrice
+from llmaas.control.db.models import BudgetLedger
 from llmaas.control.money import pico_to_usd
 from llmaas.control.principal import Limits
 from llmaas.core.errors import QuotaExceededError
@@ -31,6 +29,7 @@ class BudgetScope:
     scope: str  # tenant | key
     scope_id: str
     limits: Limits
+    tenant_id: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class Hold:
     reserved_pico: int
     budget_pico: int
     alert_fraction: float
+    tenant_id: str
 
 
 def next_period(period: str, start: datetime) -> datetime:
@@ -53,22 +53,41 @@ def next_period(period: str, start: datetime) -> datetime:
     return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
+# Plain SQL on the DBAPI cursor for the reservation (the request hot path): through SQLAlchemy the
+# overhead was ~4x the statements themselves. The meter's batch settlement goes through SQLAlchemy Core.
+_PRICE = "SELECT input_pico, output_pico, training_pico FROM model_prices WHERE model = :m"
+_LEDGER = "SELECT id FROM budget_ledgers WHERE scope = :s AND scope_id = :i AND period_start = :p"
+_NEW_LEDGER = ("INSERT INTO budget_ledgers (scope, scope_id, period_start, spent_pico, reserved_pico, alerted) "
+               "VALUES (:s, :i, :p, 0, 0, :f) ON CONFLICT (scope, scope_id, period_start) DO NOTHING")
+_RESERVE = ("UPDATE budget_ledgers SET reserved_pico = reserved_pico + :c "
+            "WHERE id = :id AND spent_pico + reserved_pico + :c <= :b")
+_LEFT = "SELECT spent_pico + reserved_pico FROM budget_ledgers WHERE id = :id"
+_SETTLE = text("UPDATE budget_ledgers SET reserved_pico = reserved_pico - :r, spent_pico = spent_pico + :a "
+               "WHERE id = :id")
+_ALERT = text("UPDATE budget_ledgers SET alerted = :t WHERE id = :id AND alerted = :f AND spent_pico >= :th")
+
+
+class _Refused(Exception):
+    def __init__(self, scope: BudgetScope, budget: int, start: date, cost: int, used: int) -> None:
+        self.scope, self.budget, self.start, self.cost, self.used = scope, budget, start, cost, used
+
+
 class Budgets:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._ledgers: dict[tuple[str, str, str], int] = {}
 
-    def _ledger_id(self, s: Session, scope: str, scope_id: str, start: str) -> int:
+    def _ledger_id(self, scope: str, scope_id: str, start: str) -> int:
+        """The ledger row of a scope's period, created in a transaction of its own: a row created inside
+        a reservation that is then refused would vanish with the rollback, and its cached id with it."""
         key = (scope, scope_id, start)
         lid = self._ledgers.get(key)
         if lid is None:
-            ins = (sqlite_insert if self.db.is_sqlite else pg_insert)(BudgetLedger).values(
-                scope=scope, scope_id=scope_id, period_start=start, spent_pico=0, reserved_pico=0, alerted=False)
-            s.execute(ins.on_conflict_do_nothing(index_elements=["scope", "scope_id", "period_start"]))
-            lid = s.scalar(select(BudgetLedger.id).where(
-                BudgetLedger.scope == scope, BudgetLedger.scope_id == scope_id, BudgetLedger.period_start == start))
-            assert lid is not None
-            self._ledgers[key] = lid
+            args = {"s": scope, "i": scope_id, "p": start}
+            with self.db.raw_transaction() as cur:
+                cur.execute(self.db.sql(_NEW_LEDGER), {**args, "f": False})
+                cur.execute(self.db.sql(_LEDGER), args)
+                lid = self._ledgers[key] = cur.fetchone()[0]
         return lid
 
     def reserve(self, scopes: list[BudgetScope], model: str, prompt_tokens: int, max_tokens: int,
@@ -81,47 +100,52 @@ class Budgets:
             return [], fallback
         now = utcnow()
         holds: list[Hold] = []
-        with self.db.session() as s:
-            row = s.get(ModelPrice, model) or s.get(ModelPrice, base_model(model))
-            price = Price(row.input_pico, row.output_pico, row.training_pico) if row else fallback
-            cost_pico = price.cost(prompt_tokens, max_tokens)
-            for b in scopes:
-                start = period_start(b.limits.budget_period, now)
-                lid = self._ledger_id(s, b.scope, b.scope_id, start.isoformat())
-                budget = b.limits.budget_pico or 0
-                res = s.execute(
-                    update(BudgetLedger)
-                    .where(BudgetLedger.id == lid,
-                           BudgetLedger.spent_pico + BudgetLedger.reserved_pico + cost_pico <= budget)
-                    .values(reserved_pico=BudgetLedger.reserved_pico + cost_pico)
-                )
-                if res.rowcount != 1:
-                    s.rollback()
-                    row = s.get(BudgetLedger, lid)
-                    left = max(0, budget - (row.spent_pico + row.reserved_pico)) if row else 0
-                    reset = next_period(b.limits.budget_period, datetime.combine(start, datetime.min.time(),
-                                                                                 tzinfo=now.tzinfo))
-                    raise QuotaExceededError(
-                        f"You exceeded your current quota: the {b.limits.budget_period} budget of "
-                        f"{b.scope} {b.scope_id} is {pico_to_usd(budget)} USD and {pico_to_usd(left)} USD is "
-                        f"left uncommitted; this request may cost up to {pico_to_usd(cost_pico)} USD. "
-                        "Lower max_tokens, wait for running requests, or ask an admin to raise the budget.",
-                        (reset - now).total_seconds(),
-                    )
-                holds.append(Hold(lid, b.scope, b.scope_id, cost_pico, budget, b.limits.budget_alert_fraction))
+        starts = [period_start(b.limits.budget_period, now) for b in scopes]
+        ledgers = [self._ledger_id(b.scope, b.scope_id, st.isoformat()) for b, st in zip(scopes, starts, strict=True)]
+        try:
+            with self.db.raw_transaction() as cur:
+                cur.execute(self.db.sql(_PRICE), {"m": model})
+                row = cur.fetchone()
+                if row is None and base_model(model) != model:
+                    cur.execute(self.db.sql(_PRICE), {"m": base_model(model)})
+                    row = cur.fetchone()
+                price = Price(*row) if row else fallback
+                cost_pico = price.cost(prompt_tokens, max_tokens)
+                for b, start, lid in zip(scopes, starts, ledgers, strict=True):
+                    budget = b.limits.budget_pico or 0
+                    cur.execute(self.db.sql(_RESERVE), {"c": cost_pico, "id": lid, "b": budget})
+                    if cur.rowcount != 1:
+                        cur.execute(self.db.sql(_LEFT), {"id": lid})
+                        raise _Refused(b, budget, start, cost_pico, cur.fetchone()[0] or 0)  # rolls back all scopes
+                    holds.append(Hold(lid, b.scope, b.scope_id, cost_pico, budget, b.limits.budget_alert_fraction,
+                                      b.tenant_id))
+        except _Refused as r:
+            reset = next_period(r.scope.limits.budget_period,
+                                datetime.combine(r.start, datetime.min.time(), tzinfo=now.tzinfo))
+            raise QuotaExceededError(
+                f"You exceeded your current quota: the {r.scope.limits.budget_period} budget of "
+                f"{r.scope.scope} {r.scope.scope_id} is {pico_to_usd(r.budget)} USD and "
+                f"{pico_to_usd(max(0, r.budget - r.used))} USD is left uncommitted; this request may cost up to "
+                f"{pico_to_usd(r.cost)} USD. Lower max_tokens, wait for running requests, or ask an admin to "
+                "raise the budget.",
+                (reset - now).total_seconds(),
+            ) from None
         return holds, price
 
-    def settle(self, s: Session, hold: Hold, actual_pico: int) -> bool:
-        """Turn a reservation into spend (called by the meter, in its batch transaction).
-        Returns True when this settlement crossed the soft alert threshold for the first time."""
-        s.execute(update(BudgetLedger).where(BudgetLedger.id == hold.ledger_id).values(
-            reserved_pico=BudgetLedger.reserved_pico - hold.reserved_pico,
-            spent_pico=BudgetLedger.spent_pico + min(actual_pico, hold.reserved_pico)))
-        threshold = int(hold.budget_pico * hold.alert_fraction)
-        res = s.execute(update(BudgetLedger).where(
-            BudgetLedger.id == hold.ledger_id, BudgetLedger.alerted.is_(False),
-            BudgetLedger.spent_pico >= threshold).values(alerted=True))
-        return res.rowcount == 1
+    def settle(self, conn: Connection, settlements: list[tuple[Hold, int]]) -> list[Hold]:
+        """Turn reservations into spend, one UPDATE per ledger for the whole batch (called by the meter
+        in its batch transaction). Returns the holds whose ledger crossed its soft alert threshold now."""
+        per_ledger: dict[int, tuple[int, int, Hold]] = {}
+        for hold, actual in settlements:
+            r, a, _ = per_ledger.get(hold.ledger_id, (0, 0, hold))
+            per_ledger[hold.ledger_id] = (r + hold.reserved_pico, a + min(actual, hold.reserved_pico), hold)
+        alerts = []
+        for lid, (reserved, actual, hold) in per_ledger.items():
+            conn.execute(_SETTLE, {"r": reserved, "a": actual, "id": lid})
+            threshold = int(hold.budget_pico * hold.alert_fraction)
+            if conn.execute(_ALERT, {"id": lid, "th": threshold, "t": True, "f": False}).rowcount == 1:
+                alerts.append(hold)
+        return alerts
 
     def status(self, s: Session, scope: str, scope_id: str, limits: Limits) -> dict:
         start = period_start(limits.budget_period).isoformat()

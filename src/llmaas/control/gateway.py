@@ -80,9 +80,9 @@ class Gateway:
             raise self._rate_error(decision.reason or "requests", decision.scope or "", scopes, tokens,
                                    decision.retry_after_s, decision.too_large)
         price = self.catalog.price(model)
-        budget_scopes = [BudgetScope("tenant", p.tenant_id, p.tenant_limits)]
+        budget_scopes = [BudgetScope("tenant", p.tenant_id, p.tenant_limits, p.tenant_id)]
         if p.key_id:
-            budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits))
+            budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits, p.tenant_id))
         holds: list[Hold] = []
         if any(b.limits.budget_pico is not None for b in budget_scopes):
             try:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.orm import Session
 
 from llmaas.control import audit
 from llmaas.control.budgets import Budgets, Hold
@@ -23,6 +24,9 @@ from llmaas.control.principal import Context, Principal, Role
 
 log = logging.getLogger("llmaas.metering")
 
+_INSERT = insert(UsageRecord.__table__)
+_LAST_USED = update(ApiKey.__table__).where(ApiKey.__table__.c.id == bindparam("kid")).values(
+    last_used_at=bindparam("at"))
 _SYSTEM = Context(Principal(key_id=None, tenant_id="org-platform", role=Role.ADMIN, label="system"))
 
 
@@ -135,26 +139,28 @@ class Meter:
         used = self._last_used() if self._last_used else {}
         if not events and not used:
             return True
-        alerts: list[tuple[Hold, UsageEvent]] = []
+        alerts: list[Hold] = []
         try:
-            with self.db.session() as s:
+            with self.db.write_lock, self.db.engine.begin() as conn:
                 if events:
-                    s.execute(insert(UsageRecord), [e.row() for e in events])
-                for e in events:
-                    for h in e.holds:
-                        if self.budgets.settle(s, h, e.cost_pico):
-                            alerts.append((h, e))
+                    conn.execute(_INSERT, [e.row() for e in events])
+                alerts = self.budgets.settle(conn, [(h, e.cost_pico) for e in events for h in e.holds])
                 for key_id, at in used.items():
-                    s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=at))
-                for h, e in alerts:
-                    audit.record(s, _SYSTEM, "budget.alert", h.scope, h.scope_id, tenant_id=e.tenant_id,
-                                 after={"budget_usd": pico_to_usd(h.budget_pico), "alert_fraction": h.alert_fraction})
+                    conn.execute(_LAST_USED, {"kid": key_id, "at": at})
+                if alerts:
+                    with Session(bind=conn) as s:
+                        for h in alerts:
+                            audit.record(s, _SYSTEM, "budget.alert", h.scope, h.scope_id,
+                                         tenant_id=h.tenant_id,
+                                         after={"budget_usd": pico_to_usd(h.budget_pico),
+                                                "alert_fraction": h.alert_fraction})
+                        s.flush()
         except Exception:
             log.exception("writing %d usage records failed; will retry", len(events))
             self._pending = events + self._pending
             time.sleep(min(1.0, self.interval_s * 4))
             return False
-        for h, _ in alerts:
+        for h in alerts:
             log.warning("budget alert: %s %s has spent over %.0f%% of its %s USD budget", h.scope, h.scope_id,
                         h.alert_fraction * 100, pico_to_usd(h.budget_pico))
         self.written += len(events)

@@ -3,10 +3,14 @@ block the writer; PostgreSQL is used as is. Built by `Database(url)`, never at i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +41,11 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer; threads of this process that write on the hot path (budget reservations,
+        # the meter) take this lock first, so they queue here in microseconds instead of in SQLite's busy
+        # handler, which sleeps in steps of milliseconds. A no-op for PostgreSQL (row locks suffice).
+        self.write_lock: threading.Lock | contextlib.nullcontext = (
+            threading.Lock() if self.is_sqlite else contextlib.nullcontext())
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -50,6 +59,29 @@ class Database:
             raise
         finally:
             s.close()
+
+    def sql(self, statement: str) -> str:
+        """Adapt a statement written with :name parameters to the driver's paramstyle (sqlite3 takes
+        it as is; psycopg wants %(name)s)."""
+        return statement if self.is_sqlite else re.sub(r"(?<!:):(\w+)", r"%(\1)s", statement)
+
+    @contextmanager
+    def raw_transaction(self) -> Iterator[Any]:
+        """A DBAPI cursor in a write transaction, for the few statements on the request hot path where
+        SQLAlchemy's per-statement overhead (~0.1 ms) would dominate. Committed on success."""
+        with self.write_lock:
+            conn = self.engine.raw_connection()
+            try:
+                cur = conn.cursor()
+                if self.is_sqlite:
+                    cur.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock across processes
+                yield cur
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                conn.close()
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (idempotent; serialised across processes)."""
