@@ -30,6 +30,8 @@ if ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
   python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
 fi
 
+# torch first, pinned: it comes from the machine's local CPU build; nothing later may pull another one.
+python -m pip install -q "torch==2.13.0" 2>&1 | grep -v -i "warning" || true
 if [ "$extra" = "test" ]; then
   python -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning" || true
 else

@@ -46,18 +46,25 @@ def serve(
         int | None, typer.Option(help="Tokens per decode step; long prompts are prefilled in chunks of this. (512)")
     ] = None,
     backend: Annotated[str | None, typer.Option(help="llamacpp (default) or fake (testing only).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes for fine-tuning jobs, started and restarted by this "
+                                      "server; 0 to run `llmaas worker` yourself. (env LLMAAS_WORKERS; default 1)")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
 ) -> None:
-    """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)."""
+    """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)
+    and, in embedded mode, its fine-tuning workers."""
     import uvicorn
 
     from llmaas.api.app import create_app
+    from llmaas.control.db.database import Database
     from llmaas.core.config import load_settings
+    from llmaas.workers.supervisor import WorkerSupervisor
 
     settings = load_settings(
         host=host, port=port, data_dir=data_dir, models=model or None, threads=threads, max_seqs=max_seqs,
         max_queued=max_queued, context_size=ctx_size, max_batch_tokens=max_batch_tokens, backend=backend,
-        log_level=log_level,
+        log_level=log_level, workers=workers,
     )
     settings.prepare_dirs()
     logging.basicConfig(
@@ -68,8 +75,38 @@ def serve(
         ", ".join(settings.models), settings.host, settings.port, settings.data_dir.resolve(),
         settings.threads, settings.max_seqs,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    supervisor = None
+    if settings.auth and settings.workers and settings.backend != "fake":
+        db = Database(settings.resolved_database_url())
+        db.migrate()  # once, before the workers and the app race to do it
+        db.close()
+        supervisor = WorkerSupervisor(settings, settings.workers)
+        supervisor.start()
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+@app.command()
+def worker(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data dir shared with the server. (env LLMAAS_DATA_DIR)")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
+) -> None:
+    """Run background jobs (fine-tunes) from the shared database. `serve` starts one by default; run more
+    on other machines sharing LLMAAS_DATABASE_URL and the data dir (artifacts) to train in parallel."""
+    from llmaas.core.config import load_settings
+    from llmaas.workers.runner import Worker
+
+    settings = load_settings(data_dir=data_dir, log_level=log_level)
+    settings.prepare_dirs()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Worker(settings).run(once=once)
 
 
 @app.command()

@@ -12,7 +12,17 @@ from prometheus_client import CollectorRegistry
 from llmaas import __version__
 from llmaas.api.errors import install_error_handlers
 from llmaas.api.middleware import RequestIdMiddleware
-from llmaas.api.routers import admin, chat, completions, embeddings, health, models, usage
+from llmaas.api.routers import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    files,
+    fine_tuning,
+    health,
+    models,
+    usage,
+)
 from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
@@ -62,6 +72,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
-              admin.router):
+              files.router, fine_tuning.router, admin.router):
         app.include_router(r)
     return app

@@ -27,6 +27,23 @@ def now() -> int:
     return int(time.time())
 
 
+async def resolve_model(request: Request, model: str, principal: Principal) -> tuple[BatchingEngine, str | None]:
+    """(engine, adapter name) serving `model`: a base model, or a tenant's fine-tuned `ft:` model — its
+    LoRA adapter on the running base model, loaded on first use. 404 for anything this key may not use."""
+    engines = request.app.state.engines
+    if model in engines or not model.startswith("ft:") or request.app.state.control is None:
+        return get_engine(request, model, principal), None
+    registry = request.app.state.control.registry
+    r = registry.resolve_tenant_model(principal.tenant_id, model) if registry.cached(principal.tenant_id, model) \
+        else await asyncio.to_thread(registry.resolve_tenant_model, principal.tenant_id, model)
+    engine = engines.get(r.base_model) if r else None
+    if r is None or engine is None or not principal.can_use_model(model):
+        raise ModelNotFoundError(model)
+    if not engine.has_adapter(r.adapter):
+        engine.register_adapter(r.adapter, str(r.adapter_path))
+    return engine, r.adapter
+
+
 def get_engine(request: Request, model: str, principal: Principal | None = None) -> BatchingEngine:
     """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak)."""
     engine = request.app.state.engines.get(model)
@@ -49,7 +66,7 @@ def max_tokens_for(engine: BatchingEngine, prompt_len: int, requested: int | Non
 
 
 async def fan_out(
-    engine: BatchingEngine, prompts: list[list[int]], params: SamplingParams, n: int
+    engine: BatchingEngine, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None
 ) -> AsyncIterator[tuple[int, GenerationOutput]]:
     """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
     Closing this iterator (client gone) aborts every sequence still running."""
@@ -62,7 +79,7 @@ async def fan_out(
         if params.seed is not None and index:
             p = SamplingParams(**{**_fields(params), "seed": params.seed + index})
         try:
-            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p)):
+            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p, adapter)):
                 queue.put_nowait((index, out))
         except BaseException as e:  # delivered to the consumer, which re-raises
             queue.put_nowait((index, e))

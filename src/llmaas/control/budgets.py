@@ -91,7 +91,7 @@ class Budgets:
         return lid
 
     def reserve(self, scopes: list[BudgetScope], model: str, prompt_tokens: int, max_tokens: int,
-                fallback: Price) -> tuple[list[Hold], Price]:
+                fallback: Price, *, training: bool = False) -> tuple[list[Hold], Price]:
         """Reserve the worst-case cost on every scope that has a budget, or on none (429 insufficient_quota).
         The price is read in the same transaction, so a price change made through another process
         applies at once to budgeted requests; the price used is returned for settlement."""
@@ -110,7 +110,7 @@ class Budgets:
                     cur.execute(self.db.sql(_PRICE), {"m": base_model(model)})
                     row = cur.fetchone()
                 price = Price(*row) if row else fallback
-                cost_pico = price.cost(prompt_tokens, max_tokens)
+                cost_pico = prompt_tokens * price.training_pico if training else price.cost(prompt_tokens, max_tokens)
                 for b, start, lid in zip(scopes, starts, ledgers, strict=True):
                     budget = b.limits.budget_pico or 0
                     cur.execute(self.db.sql(_RESERVE), {"c": cost_pico, "id": lid, "b": budget})

@@ -8,11 +8,15 @@ import sys
 
 from llmaas.control.budgets import Budgets
 from llmaas.control.catalog import Catalog
+from llmaas.control.crypto import MasterKey
 from llmaas.control.db.database import Database
+from llmaas.control.files import FileService
 from llmaas.control.gateway import Gateway
+from llmaas.control.jobs import JobQueue
 from llmaas.control.keys import KeyService
 from llmaas.control.metering import Meter
 from llmaas.control.ratelimit import Limiter, MemoryLimiter
+from llmaas.control.registry import ModelRegistry
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics
 
@@ -32,6 +36,10 @@ class ControlPlane:
                            last_used=self.keys.pop_last_used, periodic=self.catalog.reload)
         self.limiter: Limiter = limiter or MemoryLimiter()
         self.gateway = Gateway(self.limiter, self.budgets, self.meter, self.catalog, metrics)
+        self.files = FileService(self.db, MasterKey.load(settings.master_key, settings.master_key_file),
+                                 settings.artifact_dir / "files", settings.max_file_bytes)
+        self.jobs = JobQueue(self.db, settings.job_lease_s)
+        self.registry = ModelRegistry(self.db, settings.artifact_dir)
         self.admin_secret: str | None = None
 
     @classmethod

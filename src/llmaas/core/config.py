@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(default=5.0, ge=0)  # how long a verified key is trusted without the DB
     auth_failures_per_minute: int = Field(default=20, ge=1)  # bad keys per client IP before 429
     usage_flush_interval_s: float = Field(default=0.25, gt=0)  # metering batch interval
+    # Files, fine-tuning, workers
+    master_key: str | None = None  # base64 of 32 bytes; default: <data_dir>/master.key, created 0600
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    workers: int = Field(default=1, ge=0)  # worker processes `serve` starts (embedded mode); 0 = run your own
+    job_lease_s: float = Field(default=30.0, gt=0)  # a dead worker's job is picked up again after this
+    max_adapters: int = Field(default=8, ge=1)  # LoRA adapters loaded per base model (LRU beyond)
     # Catalog price of a served model until an admin sets one (USD per million tokens).
     default_input_usd_per_mtok: str = "0.10"
     default_output_usd_per_mtok: str = "0.20"
@@ -52,6 +58,10 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'llmaas.db').resolve()}"
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.data_dir / "master.key"
 
     def prepare_dirs(self) -> None:
         """Create the data dir layout (called by `serve`, not at construction)."""

@@ -12,10 +12,10 @@ from llmaas.api.generation import (
     SSE_DONE,
     Metered,
     fan_out,
-    get_engine,
     max_tokens_for,
     new_id,
     now,
+    resolve_model,
     sse,
     sse_response,
     until_disconnected,
@@ -48,7 +48,7 @@ def _usage(prompt: int, completion: int, cached: int) -> dict:
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, response: Response,
                                  principal: CurrentPrincipal):
-    engine = get_engine(request, body.model, principal)
+    engine, adapter = await resolve_model(request, body.model, principal)
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = engine.tokenize_chat(messages)
     max_tokens = max_tokens_for(
@@ -68,7 +68,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         except Exception:
             await ticket.settle("rejected")
             raise
-        stream = fan_out(engine, [prompt], params, body.n)
+        stream = fan_out(engine, [prompt], params, body.n, adapter)
 
         async def events() -> AsyncIterator[str]:
             async with Metered(ticket, len(prompt)) as meter:
@@ -103,7 +103,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         lps: list[list[dict] | None] = [([] if params.logprobs is not None else None) for _ in range(body.n)]
         finish: list[str | None] = [None] * body.n
         completion, cached = 0, 0
-        async for i, out in fan_out(engine, [prompt], params, body.n):
+        async for i, out in fan_out(engine, [prompt], params, body.n, adapter):
             meter.add(i, out)
             texts[i] += out.text
             if out.logprobs and lps[i] is not None:

@@ -12,10 +12,10 @@ from llmaas.api.generation import (
     SSE_DONE,
     Metered,
     fan_out,
-    get_engine,
     max_tokens_for,
     new_id,
     now,
+    resolve_model,
     sse,
     sse_response,
     until_disconnected,
@@ -53,7 +53,7 @@ class _Logprobs:
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request, response: Response,
                             principal: CurrentPrincipal):
-    engine = get_engine(request, body.model, principal)
+    engine, adapter = await resolve_model(request, body.model, principal)
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
         raise InvalidRequestError(f"'{param}' is not supported by this server", param=param)
@@ -84,7 +84,7 @@ async def create_completion(body: CompletionRequest, request: Request, response:
         except Exception:
             await ticket.settle("rejected")
             raise
-        stream = fan_out(engine, prompts, params, body.n)
+        stream = fan_out(engine, prompts, params, body.n, adapter)
 
         async def events() -> AsyncIterator[str]:
             async with Metered(ticket, prompt_tokens) as meter:
@@ -118,7 +118,7 @@ async def create_completion(body: CompletionRequest, request: Request, response:
         lps = [_Logprobs() for _ in range(n_choices)]
         finish: list[str | None] = [None] * n_choices
         completion = 0
-        async for i, out in fan_out(engine, prompts, params, body.n):
+        async for i, out in fan_out(engine, prompts, params, body.n, adapter):
             meter.add(i, out)
             texts[i] += out.text
             lps[i].add(out)

@@ -118,3 +118,88 @@ class AuditRecord(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     before: Mapped[dict | None] = mapped_column(JSON)
     after: Mapped[dict | None] = mapped_column(JSON)
+
+
+class StoredFile(Base):
+    """An uploaded file; its bytes live encrypted in the artifact dir (never in the database)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_time", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(300))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # processed | error
+    status_details: Mapped[str | None] = mapped_column(String(4000))
+    meta: Mapped[dict | None] = mapped_column(JSON)  # e.g. {"examples": 120} for fine-tune files
+
+
+class Job(Base):
+    """A unit of background work (fine-tune; later evals, batches) in the durable queue. Workers claim
+    jobs with a lease they renew by heartbeat; a job whose lease lapsed is claimed again and resumes."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_tenant_time", "tenant_id", "created_at"), Index("ix_jobs_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(16))  # fine_tune
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    spec: Mapped[dict] = mapped_column(JSON)  # what was asked (model, files, hyperparameters, ...)
+    state: Mapped[dict] = mapped_column(JSON, default=dict)  # progress: trained_tokens, step, estimated_finish
+    result: Mapped[dict | None] = mapped_column(JSON)  # fine_tuned_model, result_files
+    error: Mapped[dict | None] = mapped_column(JSON)  # {"code", "message", "param"}
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(8))  # message | metrics
+    message: Mapped[str] = mapped_column(String(2000))
+    data: Mapped[dict | None] = mapped_column(JSON)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    step: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    metrics: Mapped[dict] = mapped_column(JSON)
+    model_id: Mapped[str] = mapped_column(String(300))  # the servable ft:...:ckpt-step-N id
+
+
+class TenantModel(Base):
+    """A model a tenant owns (a fine-tune or one of its checkpoints): an adapter on a base model."""
+
+    __tablename__ = "tenant_models"
+    __table_args__ = (Index("ix_tenant_models_tenant", "tenant_id"),)
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    base_model: Mapped[str] = mapped_column(String(300))
+    job_id: Mapped[str] = mapped_column(String(40))
+    step: Mapped[int | None] = mapped_column(Integer)
+    adapter_path: Mapped[str] = mapped_column(String(1000))  # GGUF LoRA, relative to the artifact dir
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lineage: Mapped[dict] = mapped_column(JSON)  # base, job, step, checkpoint, evals

@@ -1,0 +1,81 @@
+"""/v1/files: OpenAI's Files API (multipart upload, list, retrieve, content, delete), tenant-scoped."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from llmaas.api.deps import CurrentContext
+from llmaas.api.multipart import StreamedForm
+from llmaas.control.files import FileService, FileUpload, file_dict
+from llmaas.core.errors import InvalidRequestError
+
+router = APIRouter(tags=["files"])
+
+
+def _files(request: Request) -> FileService:
+    cp = request.app.state.control
+    if cp is None:
+        raise InvalidRequestError("Files need the control plane; this server runs with auth disabled.")
+    return cp.files
+
+
+@router.post("/v1/files")
+async def upload_file(request: Request, ctx: CurrentContext) -> dict:
+    service = _files(request)
+    upload: list[FileUpload] = []
+
+    def on_file(filename: str, fields: dict[str, str]):
+        up = service.upload(ctx, fields.get("purpose"), filename)
+        upload.append(up)
+        return up.write
+
+    form = StreamedForm("file", on_file)
+    try:
+        await form.parse(request)
+    except BaseException:
+        for up in upload:
+            up.abort()
+        raise
+    if not upload:
+        raise InvalidRequestError("Missing the 'file' part of the form.", param="file")
+    if "purpose" not in form.fields and upload[0].purpose is None:
+        upload[0].abort()
+        raise InvalidRequestError("Missing 'purpose' (fine-tune, batch or evals).", param="purpose")
+    f = await asyncio.to_thread(upload[0].finish, form.fields.get("purpose"))
+    return file_dict(f)
+
+
+@router.get("/v1/files")
+def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None, after: str | None = None,
+               limit: int = Query(default=100, ge=1, le=10_000), order: Literal["asc", "desc"] = "desc") -> dict:
+    service = _files(request)
+    with service.db.session() as s:
+        rows, more = service.list(s, ctx, purpose=purpose, after=after, limit=limit, order=order)
+        data = [file_dict(f) for f in rows]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+
+@router.get("/v1/files/{file_id}")
+def get_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
+    service = _files(request)
+    with service.db.session() as s:
+        return file_dict(service.get(s, ctx, file_id))
+
+
+@router.get("/v1/files/{file_id}/content")
+def file_content(file_id: str, request: Request, ctx: CurrentContext) -> StreamingResponse:
+    f, chunks = _files(request).content(ctx, file_id)
+    media = "text/csv" if f.filename.endswith(".csv") else "application/jsonl"
+    return StreamingResponse(chunks, media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{f.filename}"'})
+
+
+@router.delete("/v1/files/{file_id}")
+def delete_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
+    _files(request).delete(ctx, file_id)
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,92 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints (OpenAI's API)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext
+from llmaas.control import fine_tuning as ft
+from llmaas.control.plane import ControlPlane
+from llmaas.core.errors import InvalidRequestError
+from llmaas.protocol.fine_tuning import FineTuneCreate
+
+router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+
+
+def _cp(request: Request) -> ControlPlane:
+    cp = request.app.state.control
+    if cp is None:
+        raise InvalidRequestError("Fine-tuning needs the control plane; this server runs with auth disabled.")
+    return cp
+
+
+def _page(items: list[dict], more: bool) -> dict:
+    return {"object": "list", "data": items, "has_more": more,
+            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
+
+
+@router.post("/jobs")
+def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        job = ft.create(s, ctx, cp.jobs, model=body.model, base_models=list(request.app.state.engines),
+                        training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
+                        seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict())
+        s.flush()
+        out = ft.job_dict(job)
+    cp.jobs.event(job.id, "Validating training file: " + body.training_file)
+    return out
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
+              limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
+    """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""
+    cp = _cp(request)
+    meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    if metadata:
+        try:
+            meta.update(json.loads(metadata))
+        except ValueError:
+            raise InvalidRequestError("'metadata' must be a JSON object.", param="metadata") from None
+    with cp.db.session() as s:
+        rows, more = ft.list_jobs(s, ctx, after=after, limit=limit, metadata=meta or None)
+        return _page([ft.job_dict(j) for j in rows], more)
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        return ft.job_dict(ft.get(s, ctx, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        ft.cancel(s, ctx, cp.jobs, job_id)
+    cp.jobs.close_cancelled_pending()  # a job no worker holds is cancelled at once; a running one within a step
+    cp.jobs.event(job_id, "Cancellation requested")
+    with cp.db.session() as s:
+        return ft.job_dict(ft.get(s, ctx, job_id))
+
+
+@router.get("/jobs/{job_id}/events")
+def job_events(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+               limit: int = Query(default=20, ge=1, le=1000)) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        rows, more = ft.events(s, ctx, job_id, after=after, limit=limit)
+        return _page([ft.event_dict(e) for e in rows], more)
+
+
+@router.get("/jobs/{job_id}/checkpoints")
+def job_checkpoints(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+                    limit: int = Query(default=10, ge=1, le=100)) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        rows, more = ft.checkpoints(s, ctx, job_id, after=after, limit=limit)
+        return _page([ft.checkpoint_dict(c) for c in rows], more)

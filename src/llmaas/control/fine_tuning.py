@@ -1,0 +1,162 @@
+"""Fine-tuning jobs as OpenAI's API shows them, on top of the job queue. The API process only records
+and reads; training happens in a worker process (llmaas.workers)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from llmaas.control.clock import aware, utcnow
+from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
+from llmaas.control.jobs import ACTIVE, JobQueue
+from llmaas.control.principal import SPENDERS, Context
+from llmaas.core.errors import InvalidRequestError, NotFoundError
+
+KIND = "fine_tune"
+_SUFFIX = re.compile(r"^[a-zA-Z0-9_-]{1,40}$")
+DEFAULT_LORA = {"rank": 16, "alpha": 32, "dropout": 0.05,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def _ts(dt) -> int | None:
+    return int(aware(dt).timestamp()) if dt else None
+
+
+def job_dict(j: Job) -> dict:
+    spec, state, result = j.spec, j.state or {}, j.result or {}
+    hp = state.get("hyperparameters") or spec["hyperparameters"]
+    return {
+        "object": "fine_tuning.job", "id": j.id, "model": spec["model"], "created_at": _ts(j.created_at),
+        "finished_at": _ts(j.finished_at), "fine_tuned_model": result.get("fine_tuned_model"),
+        "organization_id": j.tenant_id, "result_files": result.get("result_files", []), "status": j.status,
+        "validation_file": spec.get("validation_file"), "training_file": spec["training_file"],
+        "hyperparameters": hp, "trained_tokens": state.get("trained_tokens") if j.status == "succeeded" else None,
+        "error": j.error, "user_provided_suffix": spec.get("suffix"), "seed": spec["seed"],
+        "estimated_finish": state.get("estimated_finish"), "integrations": [], "metadata": spec.get("metadata"),
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "lora": spec["lora"],  # extension: the adapter's configuration
+    }
+
+
+def event_dict(e: JobEvent) -> dict:
+    return {"object": "fine_tuning.job.event", "id": f"ftevent-{e.id}", "created_at": _ts(e.created_at),
+            "level": e.level, "message": e.message, "type": e.type, "data": e.data}
+
+
+def checkpoint_dict(c: JobCheckpoint) -> dict:
+    return {"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": _ts(c.created_at),
+            "fine_tuned_model_checkpoint": c.model_id, "fine_tuning_job_id": c.job_id, "step_number": c.step,
+            "metrics": c.metrics}
+
+
+def _hp(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and int(value) != value):
+        raise InvalidRequestError(f"'{name}' must be 'auto' or a {kind.__name__}.", param=f"hyperparameters.{name}")
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"'{name}' must be between {lo} and {hi}.", param=f"hyperparameters.{name}")
+    return kind(value)
+
+
+def create(s: Session, ctx: Context, queue: JobQueue, *, model: str, base_models: list[str], training_file: str,
+           validation_file: str | None, suffix: str | None, seed: int | None, metadata: dict | None,
+           hyperparameters: dict, lora: dict | None) -> Job:
+    p = ctx.principal
+    p.require(*SPENDERS)
+    if model not in base_models or not p.can_use_model(model):
+        raise InvalidRequestError(f"Model '{model}' cannot be fine-tuned here; fine-tunable models: "
+                                  f"{', '.join(m for m in base_models if p.can_use_model(m)) or 'none'}.",
+                                  param="model", code="model_not_available")
+    for param, fid in (("training_file", training_file), ("validation_file", validation_file)):
+        if fid is None:
+            continue
+        f = s.get(StoredFile, fid)
+        if f is None or f.tenant_id != p.tenant_id:
+            raise InvalidRequestError(f"File '{fid}' does not exist.", param=param, code="invalid_file")
+        if f.purpose != "fine-tune":
+            raise InvalidRequestError(f"File '{fid}' has purpose '{f.purpose}'; upload it with purpose 'fine-tune'.",
+                                      param=param, code="invalid_file")
+    if suffix is not None and not _SUFFIX.match(suffix):
+        raise InvalidRequestError("'suffix' may have up to 40 letters, digits, '-' and '_'.", param="suffix")
+    hp = {"n_epochs": _hp(hyperparameters.get("n_epochs"), "n_epochs", int, 1, 50),
+          "batch_size": _hp(hyperparameters.get("batch_size"), "batch_size", int, 1, 256),
+          "learning_rate_multiplier": _hp(hyperparameters.get("learning_rate_multiplier"),
+                                          "learning_rate_multiplier", float, 1e-3, 100)}
+    lora_cfg = {**DEFAULT_LORA, **(lora or {})}
+    if not (1 <= int(lora_cfg["rank"]) <= 256 and 0 < float(lora_cfg["alpha"]) <= 1024
+            and 0 <= float(lora_cfg["dropout"]) < 1):
+        raise InvalidRequestError("LoRA 'rank' must be 1..256, 'alpha' in (0, 1024], 'dropout' in [0, 1).",
+                                  param="lora")
+    job = Job(id="ftjob-" + secrets.token_hex(12), tenant_id=p.tenant_id, key_id=p.key_id, kind=KIND,
+              status="validating_files", created_at=utcnow(), attempts=0, cancel_requested=False,
+              spec={"model": model, "training_file": training_file, "validation_file": validation_file,
+                    "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
+                    "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg},
+              state={})
+    s.add(job)
+    return job
+
+
+def get(s: Session, ctx: Context, job_id: str) -> Job:
+    j = s.get(Job, job_id)
+    if j is None or j.kind != KIND or not ctx.principal.can_see_tenant(j.tenant_id):
+        raise NotFoundError(f"No fine-tuning job with id '{job_id}'.", param="fine_tuning_job_id")
+    return j
+
+
+def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
+              metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.kind == KIND, Job.tenant_id == ctx.principal.tenant_id)
+    if after:
+        cur = get(s, ctx, after)
+        stmt = stmt.where((Job.created_at < cur.created_at) | ((Job.created_at == cur.created_at) & (Job.id < cur.id)))
+    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1 if not metadata
+                                                                                      else 10_000)))
+    if metadata:
+        rows = [j for j in rows if all((j.spec.get("metadata") or {}).get(k) == v for k, v in metadata.items())]
+    return rows[:limit], len(rows) > limit
+
+
+def cancel(s: Session, ctx: Context, queue: JobQueue, job_id: str) -> Job:
+    j = get(s, ctx, job_id)
+    ctx.principal.require(*SPENDERS)
+    if j.status not in ACTIVE:
+        raise InvalidRequestError(f"Job {job_id} is {j.status} and cannot be cancelled.", param="fine_tuning_job_id")
+    j.cancel_requested = True
+    s.flush()
+    return j
+
+
+def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
+    get(s, ctx, job_id)
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after:
+        try:
+            stmt = stmt.where(JobEvent.id < int(after.removeprefix("ftevent-")))
+        except ValueError:
+            raise InvalidRequestError("'after' must be an event id.", param="after") from None
+    rows = list(s.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def checkpoints(s: Session, ctx: Context, job_id: str, *, after: str | None,
+                limit: int) -> tuple[list[JobCheckpoint], bool]:
+    get(s, ctx, job_id)
+    stmt = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+    if after:
+        cur = s.get(JobCheckpoint, after)
+        if cur is None or cur.job_id != job_id:
+            raise InvalidRequestError("'after' must be a checkpoint id of this job.", param="after")
+        stmt = stmt.where(JobCheckpoint.step < cur.step)
+    rows = list(s.scalars(stmt.order_by(JobCheckpoint.step.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def tenant_models(s: Session, tenant_id: str) -> list[TenantModel]:
+    return list(s.scalars(select(TenantModel).where(TenantModel.tenant_id == tenant_id)
+                          .order_by(TenantModel.created_at)))

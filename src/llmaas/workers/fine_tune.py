@@ -1,0 +1,226 @@
+"""The fine-tune handler: validate files, reserve the training budget, train (resuming from the last
+checkpoint after a crash), export adapters to GGUF, register the `ft:` models, meter the cost."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+from llmaas.control.budgets import BudgetScope, Hold
+from llmaas.control.clock import utcnow
+from llmaas.control.datasets import read_examples, validate_chat_lines
+from llmaas.control.db.models import ApiKey, JobCheckpoint, Tenant, TenantModel
+from llmaas.control.metering import UsageEvent
+from llmaas.control.principal import Limits
+from llmaas.core.errors import LlmaasError
+from llmaas.workers.runner import JobContext
+
+log = logging.getLogger("llmaas.worker.fine_tune")
+
+BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def auto_hyperparameters(hp: dict, n_examples: int) -> dict:
+    """OpenAI-like 'auto': enough epochs that small sets are seen a few thousand times over in total
+    examples, capped; batch size by data size; multiplier 1."""
+    n_epochs = hp["n_epochs"] if hp["n_epochs"] != "auto" else max(1, min(10, math.ceil(2000 / max(1, n_examples))))
+    batch = hp["batch_size"] if hp["batch_size"] != "auto" else (8 if n_examples >= 64 else max(1, n_examples // 8))
+    lrm = hp["learning_rate_multiplier"] if hp["learning_rate_multiplier"] != "auto" else 1.0
+    return {"n_epochs": int(n_epochs), "batch_size": int(batch), "learning_rate_multiplier": float(lrm)}
+
+
+def _examples(ctx: JobContext, file_id: str, param: str) -> list[dict]:
+    try:
+        data = ctx.files.read_all(ctx.job.tenant_id, file_id)
+    except LlmaasError as e:
+        raise JobFailed("invalid_file", f"{param} {file_id}: {e.message}", param) from None
+    report = validate_chat_lines([data])
+    if not report.ok:
+        raise JobFailed("invalid_file", f"{param} {file_id} is not a valid chat fine-tuning file: "
+                        f"{report.summary()}", param)
+    return list(read_examples([data]))
+
+
+def _model_spec(ctx: JobContext, model_id: str) -> str:
+    """The served model spec (bundled name or .gguf path) behind an engine model id."""
+    from llmaas.engine.backends.llamacpp import resolve_model
+
+    for spec in ctx.settings.models:
+        if resolve_model(spec)[0] == model_id:
+            return spec
+    raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
+
+
+def run_fine_tune(ctx: JobContext) -> None:
+    job, spec = ctx.job, ctx.job.spec
+    try:
+        _run(ctx, job, spec)
+    except JobFailed as f:
+        ctx.event(f"Job failed: {f.message}", level="error")
+        ctx.queue.set_status(job.id, ctx.worker, "failed",
+                             error={"code": f.code, "message": f.message, "param": f.param})
+
+
+def _run(ctx: JobContext, job, spec: dict) -> None:
+    from llmaas.training import SFTConfig, TrainHooks, export_lora_gguf, latest_checkpoint, train
+    from llmaas.training.base_model import resolve_gguf
+
+    train_rows = _examples(ctx, spec["training_file"], "training_file")
+    valid_rows = _examples(ctx, spec["validation_file"], "validation_file") if spec.get("validation_file") else None
+    hp = auto_hyperparameters(spec["hyperparameters"], len(train_rows))
+    ctx.state.update(hyperparameters=hp)
+    base_spec = _model_spec(ctx, spec["model"])
+    base_gguf = resolve_gguf(base_spec)
+    work = ctx.settings.artifact_dir / "jobs" / job.id
+    adapters = ctx.settings.artifact_dir / "adapters" / job.id
+    adapters.mkdir(parents=True, exist_ok=True)
+    resume = latest_checkpoint(work)
+    if job.status == "validating_files":
+        ctx.event(f"Files validated: {len(train_rows)} training examples"
+                  + (f", {len(valid_rows)} validation examples" if valid_rows else ""))
+        ctx.queue.set_status(job.id, ctx.worker, "queued", state=ctx.state)
+        ctx.event("Job enqueued")
+
+    holds, price = _reserve_budget(ctx, train_rows, hp["n_epochs"])
+    ctx.queue.set_status(job.id, ctx.worker, "running", state=ctx.state)
+    ctx.event(f"Fine-tuning job started{' (resuming from ' + resume.name + ')' if resume else ''}")
+
+    suffix = spec.get("suffix") or ""
+    model_id = f"ft:{spec['model']}:{job.tenant_id}:{suffix}:{job.id}"
+    lora = spec["lora"]
+    started = time.monotonic()
+    rows_csv: list[dict] = []
+
+    last_step = [ctx.state.get("step", 0)]
+
+    def on_metrics(step: int, m: dict) -> None:
+        if "trained_tokens" in m:
+            ctx.state["trained_tokens"] = int(m["trained_tokens"])
+        elif step != last_step[0] and "tokens_per_s" in m:  # a new optimizer step (not its validation pass)
+            done = round(m["tokens_per_s"] * m["step_time_s"])
+            ctx.state["trained_tokens"] = ctx.state.get("trained_tokens", 0) + done
+        last_step[0] = step
+        total = m.get("total_steps") or (round(step / m["epoch"] * hp["n_epochs"]) if m.get("epoch") else None)
+        ctx.state["step"] = step
+        if total:
+            ctx.state["total_steps"] = int(total)
+            rate = (time.monotonic() - started) / max(1, step - (ctx.state.get("resumed_step") or 0))
+            ctx.state["estimated_finish"] = int((utcnow() + timedelta(seconds=rate * (total - step))).timestamp())
+        data = {"step": step, **{k: float(v) for k, v in m.items() if isinstance(v, int | float)}}
+        rows_csv.append(data)
+        msg = f"Step {step}" + (f"/{total}" if total else "") + "".join(
+            f", {k}={m[k]:.4f}" for k in ("train_loss", "valid_loss", "train_mean_token_accuracy") if k in m)
+        ctx.event(msg, type_="metrics", data=data)
+
+    def on_checkpoint(step: int, ckpt: Path, m: dict) -> None:
+        out = adapters / f"ckpt-step-{step}.gguf"
+        export_lora_gguf(ckpt / "adapter", base_gguf, out, alpha=float(lora["alpha"]))
+        cid = f"{model_id}:ckpt-step-{step}"
+        metrics = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+        with ctx.queue.db.session() as s:
+            if s.get(TenantModel, cid) is None:
+                s.add(TenantModel(id=cid, tenant_id=job.tenant_id, base_model=spec["model"], job_id=job.id, step=step,
+                                  adapter_path=str(out.relative_to(ctx.settings.artifact_dir)), created_at=utcnow(),
+                                  lineage={"base": spec["model"], "job": job.id, "step": step, "checkpoint": True}))
+                s.add(JobCheckpoint(id=f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}", job_id=job.id,
+                                    tenant_id=job.tenant_id, step=step, created_at=utcnow(), metrics=metrics,
+                                    model_id=cid))
+        ctx.event(f"Checkpoint created at step {step}: {cid}")
+
+    config = SFTConfig(
+        base_model=base_spec, output_dir=work, cache_dir=ctx.settings.data_dir / "models",
+        train_examples=train_rows, valid_examples=valid_rows, n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
+        learning_rate=BASE_LR * hp["learning_rate_multiplier"], lora_r=int(lora["rank"]),
+        lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]), target_modules=lora["target_modules"],
+        seed=int(spec["seed"]), checkpoint_every=int(os.environ.get("LLMAAS_CHECKPOINT_EVERY", "0"))
+        or _checkpoint_every(len(train_rows), hp), resume_from=resume, export_gguf=True,
+        threads=ctx.settings.threads)
+    hooks = TrainHooks(on_event=ctx.event, on_metrics=on_metrics, on_checkpoint=on_checkpoint,
+                       should_stop=ctx.should_stop)
+    result = train(config, hooks)
+    trained = int(result.trained_tokens)
+    ctx.state.update(trained_tokens=trained, step=result.step)
+
+    if ctx.release.is_set() and not ctx.cancel.is_set():
+        ctx.event("Worker stopping: the job will resume from its last checkpoint")
+        return  # the budget hold stays with the job (in its state) for the worker that resumes it
+    _meter(ctx, holds, price, trained)
+    if result.status == "cancelled":
+        ctx.queue.set_status(job.id, ctx.worker, "cancelled", state=ctx.state)
+        ctx.event("Fine-tuning job cancelled")
+        return
+    final = adapters / "adapter.gguf"
+    shutil.copyfile(result.gguf_path, final)
+    metrics_file = ctx.files.store_output(job.tenant_id, "fine-tune-results", "step_metrics.csv", _csv(rows_csv))
+    with ctx.queue.db.session() as s:
+        if s.get(TenantModel, model_id) is None:
+            s.add(TenantModel(id=model_id, tenant_id=job.tenant_id, base_model=spec["model"], job_id=job.id,
+                              step=result.step, adapter_path=str(final.relative_to(ctx.settings.artifact_dir)),
+                              created_at=utcnow(), lineage={"base": spec["model"], "job": job.id, "step": result.step,
+                                                            "metrics": result.metrics}))
+    ctx.event(f"New fine-tuned model created: {model_id}")
+    ctx.queue.set_status(job.id, ctx.worker, "succeeded", state=ctx.state,
+                         result={"fine_tuned_model": model_id, "result_files": [metrics_file.id]})
+    ctx.event("The job has successfully completed")
+
+
+def _checkpoint_every(n_examples: int, hp: dict) -> int:
+    steps = math.ceil(n_examples / hp["batch_size"]) * hp["n_epochs"]
+    return max(1, steps // 4)  # a few checkpoints per job: bounded loss on a crash, a few servable ids
+
+
+def _csv(rows: list[dict]) -> bytes:
+    cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue().encode()
+
+
+def _reserve_budget(ctx: JobContext, rows: list[dict], epochs: int):
+    """Reserve a conservative estimate of the training cost (2 characters per token) on the tenant's and
+    the key's budgets before any compute is spent. Kept in the job's state, so a resumed job reuses it."""
+    job = ctx.job
+    ctx.catalog.reload()
+    if ctx.state.get("holds") is not None:
+        return [Hold(**h) for h in ctx.state["holds"]], ctx.catalog.price(job.spec["model"])
+    with ctx.queue.db.session() as s:
+        t = s.get(Tenant, job.tenant_id)
+        k = s.get(ApiKey, job.key_id) if job.key_id else None
+    chars = sum(len(m.get("content") or "") + 16 for r in rows for m in r["messages"])
+    estimate = math.ceil(chars / 2) * epochs
+    scopes = [BudgetScope("tenant", job.tenant_id, Limits.of(t), job.tenant_id)]
+    if k is not None:
+        scopes.append(BudgetScope("key", k.id, Limits.of(k), job.tenant_id))
+    try:
+        holds, price = ctx.budgets.reserve(scopes, job.spec["model"], estimate, 0, ctx.catalog.price(job.spec["model"]),
+                                           training=True)
+    except LlmaasError as e:
+        raise JobFailed("insufficient_quota", e.message) from None
+    ctx.state["holds"] = [asdict(h) for h in holds]
+    ctx.queue.heartbeat(job.id, ctx.worker, ctx.state)
+    return holds, price
+
+
+def _meter(ctx: JobContext, holds, price, trained_tokens: int) -> None:
+    job = ctx.job
+    ctx.meter.submit(UsageEvent(
+        request_id=job.id, tenant_id=job.tenant_id, key_id=job.key_id, model=job.spec["model"],
+        endpoint="fine_tuning.jobs", prompt_tokens=trained_tokens, completion_tokens=0, cached_tokens=0,
+        cost_pico=trained_tokens * price.training_pico, latency_ms=0.0, status="ok", at=utcnow(), holds=holds))
