@@ -13,6 +13,7 @@ from llmaas.control.gateway import Ticket
 from llmaas.control.plane import ControlPlane
 from llmaas.control.principal import Context, Principal, Role
 from llmaas.control.tenants import PLATFORM_TENANT
+from llmaas.core.errors import InvalidRequestError
 
 # With auth disabled (LLMAAS_AUTH=false) every caller is this principal and nothing is limited or metered.
 ANONYMOUS = Principal(key_id=None, tenant_id=PLATFORM_TENANT, role=Role.ADMIN, label="anonymous")
@@ -33,8 +34,13 @@ def _secret(request: Request) -> str | None:
     return request.headers.get("api-key")  # what the SDK sends to Azure-style endpoints
 
 
-def control(request: Request) -> ControlPlane | None:
-    return request.app.state.control
+def control_plane(request: Request, feature: str) -> ControlPlane:
+    """The control plane, or a clear 400 when this server runs without one (LLMAAS_AUTH=false)."""
+    cp = request.app.state.control
+    if cp is None:
+        raise InvalidRequestError(f"{feature} need(s) the control plane; this server runs with auth disabled "
+                                  "(LLMAAS_AUTH=false).")
+    return cp
 
 
 async def authenticate(request: Request) -> Principal:

@@ -18,7 +18,7 @@ from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "fine_tune"
 _SUFFIX = re.compile(r"^[a-zA-Z0-9_-]{1,40}$")
-DEFAULT_LORA = {"rank": 16, "alpha": 32, "dropout": 0.05,
+DEFAULT_LORA = {"rank": 16, "alpha": 32, "dropout": 0.0,
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 

@@ -26,7 +26,7 @@ class Method(BaseModel):
 
 
 class LoraConfig(BaseModel):
-    """Extension: the adapter's shape. Defaults: rank 16, alpha 32, dropout 0.05, all linear layers."""
+    """Extension: the adapter's shape. Defaults: rank 16, alpha 32, dropout 0, all linear layers."""
 
     model_config = ConfigDict(extra="forbid")
     rank: int | None = Field(default=None, ge=1, le=256)

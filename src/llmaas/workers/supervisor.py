@@ -32,6 +32,17 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the server dies, however it dies (Linux), so no worker
+    outlives its server; the job it held is handed back or resumed by the next worker."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class WorkerSupervisor:
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings, self.count = settings, count
@@ -41,7 +52,7 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "llmaas.cli", "worker"]
-        p = subprocess.Popen(cmd, env=worker_env(self.settings))
+        p = subprocess.Popen(cmd, env=worker_env(self.settings), preexec_fn=_die_with_parent)
         log.info("started worker process %d", p.pid)
         return p
 
@@ -61,7 +72,7 @@ class WorkerSupervisor:
                     time.sleep(0.5)
                     self.procs[i] = self._spawn()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: running jobs stop at their next step and are handed back; then wait, then kill."""
         self._stopping.set()
         for p in self.procs:

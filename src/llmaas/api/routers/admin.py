@@ -10,23 +10,19 @@ from datetime import UTC, date, datetime
 
 from fastapi import APIRouter, Query, Request
 
-from llmaas.api.deps import CurrentContext
+from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.control import audit, tenants, usage
 from llmaas.control.catalog import price_dict
 from llmaas.control.keys import key_dict
 from llmaas.control.plane import ControlPlane
 from llmaas.control.principal import Context, Limits
-from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 def _cp(request: Request) -> ControlPlane:
-    cp = request.app.state.control
-    if cp is None:
-        raise InvalidRequestError("The admin API needs the control plane; this server runs with auth disabled.")
-    return cp
+    return control_plane(request, "The admin API")
 
 
 def _page(items: list[dict]) -> dict:

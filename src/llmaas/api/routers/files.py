@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from llmaas.api.deps import CurrentContext
+from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
 from llmaas.control.files import FileService, FileUpload, file_dict
 from llmaas.core.errors import InvalidRequestError
@@ -17,10 +17,7 @@ router = APIRouter(tags=["files"])
 
 
 def _files(request: Request) -> FileService:
-    cp = request.app.state.control
-    if cp is None:
-        raise InvalidRequestError("Files need the control plane; this server runs with auth disabled.")
-    return cp.files
+    return control_plane(request, "Files").files
 
 
 @router.post("/v1/files")

@@ -6,7 +6,7 @@ import json
 
 from fastapi import APIRouter, Query, Request
 
-from llmaas.api.deps import CurrentContext
+from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.control import fine_tuning as ft
 from llmaas.control.plane import ControlPlane
 from llmaas.core.errors import InvalidRequestError
@@ -16,10 +16,7 @@ router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
 
 def _cp(request: Request) -> ControlPlane:
-    cp = request.app.state.control
-    if cp is None:
-        raise InvalidRequestError("Fine-tuning needs the control plane; this server runs with auth disabled.")
-    return cp
+    return control_plane(request, "Fine-tuning")
 
 
 def _page(items: list[dict], more: bool) -> dict:
