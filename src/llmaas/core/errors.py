@@ -108,3 +108,15 @@ class RateLimitError(LlmaasError):
 class QuotaExceededError(RateLimitError):
     error_type = "insufficient_quota"
     code = "insufficient_quota"
+
+
+class AdapterNotFoundError(ModelNotFoundError):
+    """A request names a LoRA adapter the engine does not know: to the client, a model that does not exist."""
+
+    def __init__(self, adapter: str) -> None:
+        LlmaasError.__init__(
+            self,
+            f"The model '{adapter}' does not exist or you do not have access to it (no such LoRA adapter is "
+            "registered with its base model).",
+            param="model",
+        )

@@ -25,11 +25,24 @@ class Engine(Protocol):
         Breaking out of the iteration (client gone) aborts the sequence."""
 
     async def abort(self, request_id: str) -> None: ...
-    async def embed(self, inputs: list[list[int]]) -> list[list[float]]: ...
-    async def score(self, tokens: list[int], start: int) -> list[float]:
-        """Log-likelihood of tokens[start:], token by token."""
+    async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]: ...
+    async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
+        """Log-likelihood of tokens[start:], token by token (under LoRA adapter `adapter` if given)."""
+
+    # LoRA adapters on this base model, served concurrently with it. A request names one with
+    # GenerationRequest.adapter; unknown names raise AdapterNotFoundError (404 model_not_found).
+    def register_adapter(self, name: str, path: str) -> None:
+        """Make adapter `name` (GGUF LoRA file) usable; loads nothing: the first request loads it."""
+
+    async def ensure_adapter(self, name: str, path: str | None = None) -> None:
+        """Register (if `path`) and load now; cheap when already loaded."""
 
     async def load_adapter(self, name: str, path: str) -> None: ...
-    async def unload_adapter(self, name: str) -> None: ...
+    async def unload_adapter(self, name: str) -> None:
+        """Unregister; freed at once if idle, else when its last sequence ends."""
+
+    def adapters(self) -> list[str]:
+        """Adapters loaded now, least recently used first."""
+
     def stats(self) -> EngineStats: ...
     def healthy(self) -> bool: ...

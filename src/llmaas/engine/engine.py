@@ -1,13 +1,21 @@
-"""BatchingEngine: the Engine protocol over a ModelRunner + BatchScheduler, bridged to asyncio."""
+"""BatchingEngine: the Engine protocol over a ModelRunner + BatchScheduler, bridged to asyncio.
+
+LoRA adapters: `register_adapter(name, path)` makes an adapter known (nothing is loaded); a request
+with `adapter=name` loads it on first use (off the event loop), and an AdapterCache keeps at most
+`max_adapters` loaded, evicting the least recently used idle one. A request pins its adapter from
+submission until the scheduler reports it finished, so a queued or running sequence never loses it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from llmaas.core.errors import EngineError, InvalidRequestError, OverloadedError
 from llmaas.core.metrics import EngineMetrics
+from llmaas.engine.adapters import AdapterCache
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
 from llmaas.engine.runner import ModelRunner
 from llmaas.engine.scheduler import BatchScheduler
@@ -15,7 +23,9 @@ from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest
 
 
 class BatchingEngine:
-    def __init__(self, runner: ModelRunner, max_queued: int, metrics: EngineMetrics | None = None) -> None:
+    def __init__(
+        self, runner: ModelRunner, max_queued: int, metrics: EngineMetrics | None = None, *, max_adapters: int = 8
+    ) -> None:
         self.runner = runner
         self.info = ModelInfo(model_id=runner.model_id, context_size=runner.context_size, n_vocab=runner.n_vocab)
         self._max_inflight = runner.n_slots + max_queued
@@ -26,12 +36,16 @@ class BatchingEngine:
             runner.chat_template(), runner.special_token_text("bos"), runner.special_token_text("eos")
         )
         self._side_lock = threading.Lock()  # embed/score use a second context, one call at a time
+        self._metrics = metrics
+        self._adapters = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters, self._adapters_changed)
+        self._adapter_of: dict[str, str] = {}  # request id -> the adapter it pins
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._scheduler.start()
 
     async def shutdown(self) -> None:
+        await self._adapters.close()
         await asyncio.to_thread(self._scheduler.shutdown)
         self.runner.close()
 
@@ -64,6 +78,8 @@ class BatchingEngine:
 
     def _deliver(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
         for rid, out in outputs:
+            if out.finished and rid in self._adapter_of:  # the scheduler is done with it: unpin
+                self._adapters.release(self._adapter_of.pop(rid))
             q = self._streams.get(rid)
             if q is not None:
                 q.put_nowait(out)
@@ -82,10 +98,18 @@ class BatchingEngine:
         if not request.prompt_tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         self.check_capacity(1)
-        if request.request_id in self._streams:
+        rid = request.request_id
+        if rid in self._streams:
             raise InvalidRequestError("duplicate request id", param="request_id")
         q: asyncio.Queue[GenerationOutput] = asyncio.Queue()
-        self._streams[request.request_id] = q
+        self._streams[rid] = q  # holds its place in the capacity count while an adapter loads
+        if request.adapter is not None:
+            try:
+                await self._adapters.acquire(request.adapter)
+            except BaseException:
+                self._streams.pop(rid, None)
+                raise
+            self._adapter_of[rid] = request.adapter
         self._scheduler.submit(request)
         finished = False
         try:
@@ -109,29 +133,76 @@ class BatchingEngine:
         with self._side_lock:
             return fn(*args)
 
-    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+    async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]:
         for toks in inputs:
             if len(toks) > self.runner.context_size:
                 raise InvalidRequestError(
                     f"an input has {len(toks)} tokens; the maximum is {self.runner.context_size}",
                     param="input", code="context_length_exceeded",
                 )
-        return [await asyncio.to_thread(self._side, self.runner.embed, t) for t in inputs]
+        async with self._pinned(adapter):
+            return [await asyncio.to_thread(self._side, self.runner.embed, t, adapter) for t in inputs]
 
-    async def score(self, tokens: list[int], start: int) -> list[float]:
-        return await asyncio.to_thread(self._side, self.runner.score, tokens, start)
+    async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
+        async with self._pinned(adapter):
+            return await asyncio.to_thread(self._side, self.runner.score, tokens, start, adapter)
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: str) -> None:
+        """Make adapter `name` (a GGUF LoRA file for this model) usable by requests; loads nothing.
+        Idempotent; raises ConflictError if `name` is loaded from another file."""
+        self._adapters.register(name, path)
+
+    async def ensure_adapter(self, name: str, path: str | None = None) -> None:
+        """Register (when `path` is given) and load `name` now, so the first request does not wait for it."""
+        if path is not None:
+            self._adapters.register(name, path)
+        await self._adapters.acquire(name)
+        self._adapters.release(name)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        raise EngineError("LoRA adapters are not supported by this engine yet")
+        await self.ensure_adapter(name, path)
 
     async def unload_adapter(self, name: str) -> None:
-        raise EngineError("LoRA adapters are not supported by this engine yet")
+        """Unregister `name`: new requests for it fail with AdapterNotFoundError; it is freed at once if
+        idle, else when its last running or queued sequence ends. Unknown names are ignored."""
+        await self._adapters.unregister(name)
+
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded now, least recently used first."""
+        return self._adapters.loaded()
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether `name` is registered (loaded or not)."""
+        return self._adapters.is_registered(name)
+
+    @asynccontextmanager
+    async def _pinned(self, adapter: str | None) -> AsyncIterator[None]:
+        if adapter is None:
+            yield
+            return
+        await self._adapters.acquire(adapter)
+        try:
+            yield
+        finally:
+            self._adapters.release(adapter)
+
+    async def _load_adapter(self, name: str, path: str) -> None:
+        await asyncio.to_thread(self.runner.load_adapter, name, path)
+
+    async def _unload_adapter(self, name: str) -> None:
+        await asyncio.wrap_future(self._scheduler.call(self._scheduler.drop_adapter, name))
+
+    def _adapters_changed(self, n_loaded: int) -> None:
+        if self._metrics:
+            self._metrics.adapters_loaded.labels(self.runner.model_id).set(n_loaded)
 
     def stats(self) -> EngineStats:
         return EngineStats(
             running=self._scheduler.running_count,
             waiting=self._scheduler.waiting_count,
             kv_cache_usage=self._scheduler.kv_usage(),
+            adapters_loaded=len(self._adapters.loaded()),
         )
 
     def healthy(self) -> bool:

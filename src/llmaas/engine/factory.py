@@ -25,5 +25,6 @@ def build_engines(settings: Settings, metrics: EngineMetrics | None) -> dict[str
                 spec, n_slots=settings.max_seqs, context_size=settings.context_size,
                 max_batch_tokens=settings.max_batch_tokens, threads=settings.threads,
             )
-        engines[runner.model_id] = BatchingEngine(runner, settings.max_queued, metrics)
+        engines[runner.model_id] = BatchingEngine(runner, settings.max_queued, metrics,
+                                                  max_adapters=settings.max_adapters)
     return engines

@@ -1,6 +1,8 @@
 """The narrow interface between the batching scheduler and a model: token ids in, logits out.
 
 A runner is driven from one thread only (the scheduler's); it never sees text beyond tokenizing.
+Exceptions: `load_adapter` may run on another thread (it only reads the model), and `embed`/`score`
+use contexts of their own.
 """
 
 from __future__ import annotations
@@ -36,7 +38,20 @@ class ModelRunner(Protocol):
     def special_token_text(self, name: str) -> str: ...
 
     def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
-        """Run one forward pass over a batch mixing many sequences. Raises on failure."""
+        """Run one forward pass over a batch mixing many sequences, under the adapter last set with
+        `set_adapter`. Raises on failure."""
+
+    # LoRA adapters. An adapter applies to a whole decode call: sequences on different adapters are
+    # decoded in separate calls, each preceded by set_adapter.
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter file under `name`. Raises EngineError if the file cannot be loaded."""
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter (scheduler thread; no sequence may still use it). Unknown names are ignored."""
+
+    def has_adapter(self, name: str) -> bool: ...
+    def set_adapter(self, name: str | None) -> None:
+        """Apply adapter `name` (None: the base model) to the following decode calls; cheap when unchanged."""
 
     def logits(self, batch_index: int) -> np.ndarray: ...
     def new_sampler(self, params: SamplingParams, seed: int) -> Sampler: ...
@@ -45,10 +60,10 @@ class ModelRunner(Protocol):
     def kv_cells_used(self) -> int: ...
     def kv_capacity(self) -> int: ...
 
-    def embed(self, tokens: list[int]) -> list[float]:
+    def embed(self, tokens: list[int], adapter: str | None = None) -> list[float]:
         """Mean-pooled, L2-normalised embedding (separate context; safe off the scheduler thread)."""
 
-    def score(self, tokens: list[int], start: int) -> list[float]:
+    def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         """Log-probabilities of tokens[start:] given what precedes each (separate context)."""
 
     def close(self) -> None: ...

@@ -6,6 +6,12 @@ streams for more than one step). New requests join at the next step; finished, s
 ones leave at once and their slot is free for the next. A slot keeps its KV cache after its request
 ends, so a later prompt that starts with the same tokens (same system prompt, next chat turn) reuses
 it; a prefix held by another slot is shared with `kv_copy` instead of being prefilled again.
+
+LoRA adapters apply to a whole llama_decode call, so a step decodes one batch per adapter in use
+(the base model is a group of its own), each preceded by `set_adapter` and followed at once by the
+sampling of its rows (the next decode overwrites the logits). The prefill budget spans all groups.
+With one adapter (or none) in use a step stays a single decode. KV cache is reused only between
+sequences of the same adapter: KV computed under another adapter is wrong for this one.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmaas.engine.runner import ModelRunner, Sampler, log_softmax
 from llmaas.engine.text import TextAssembler
@@ -47,7 +55,39 @@ class _Seq:
 @dataclass(eq=False)
 class _Slot:
     tokens: list[int] = field(default_factory=list)  # what this slot's KV cache holds, in order
+    adapter: str | None = None  # the adapter those tokens were computed under
     seq: _Seq | None = None
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One decode call of a step: the sequences of one adapter."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    seq_ids: list[int] = field(default_factory=list)
+    want: list[bool] = field(default_factory=list)
+    fed: list[tuple[_Seq, list[int]]] = field(default_factory=list)
+    samplers: list[tuple[_Seq, int]] = field(default_factory=list)
+
+    def add(self, seq: _Seq, toks: list[int], sample: bool) -> None:
+        for j, t in enumerate(toks):
+            self.tokens.append(t)
+            self.positions.append(seq.n_past + j)
+            self.seq_ids.append(seq.slot)
+            self.want.append(sample and j == len(toks) - 1)
+        self.fed.append((seq, toks))
+        if sample:
+            self.samplers.append((seq, len(self.tokens) - 1))
+
+
+@dataclass(eq=False)
+class _Call:
+    """A function to run on the scheduler thread between steps."""
+
+    fn: Callable[..., Any]
+    args: tuple
+    future: Future
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -58,6 +98,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def _reusable(slot: _Slot, prompt: list[int], adapter: str | None) -> int:
+    """How many prompt tokens the slot's KV cache can supply. Only KV computed under the same adapter is
+    valid, and at most len-1 tokens: the last prompt token must be decoded to get logits."""
+    if slot.adapter != adapter:
+        return 0
+    return min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)
+
+
 class BatchScheduler:
     """Owns the runner; everything here runs on the scheduler thread except submit/abort."""
 
@@ -65,7 +113,7 @@ class BatchScheduler:
         self.runner = runner
         self._emit = emit
         self._metrics = metrics
-        self._inbox: queue.SimpleQueue[GenerationRequest | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[GenerationRequest | _Call | None] = queue.SimpleQueue()
         self._aborts: set[str] = set()
         self._abort_lock = threading.Lock()
         self._waiting: deque[_Seq] = deque()
@@ -75,6 +123,8 @@ class BatchScheduler:
         self.running_count = 0
         self.waiting_count = 0
         self.steps = 0
+        self.decodes = 0
+        self._adapter: str | None = None  # the adapter the runner was last set to
         self._eog = set(runner.eog_tokens())
 
     # -- called from other threads -------------------------------------------------------------
@@ -84,6 +134,15 @@ class BatchScheduler:
 
     def submit(self, req: GenerationRequest) -> None:
         self._inbox.put(req)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run fn(*args) on the scheduler thread between steps (inline when the thread is not running)."""
+        fut: Future = Future()
+        if self.alive:
+            self._inbox.put(_Call(fn, args, fut))
+        else:
+            self._run_call(_Call(fn, args, fut))
+        return fut
 
     def abort(self, request_id: str) -> None:
         with self._abort_lock:
@@ -109,7 +168,7 @@ class BatchScheduler:
                 break
             out: list[tuple[str, GenerationOutput]] = []
             self._handle_aborts(out)
-            self._admit()
+            self._admit(out)
             try:
                 self._step(out)
             except Exception as e:  # a failed decode fails the batch, never the process
@@ -125,11 +184,42 @@ class BatchScheduler:
         try:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
             while True:
-                if item is not None:
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                elif item is not None:
                     self._waiting.append(_Seq(item, time.monotonic()))
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
+
+    @staticmethod
+    def _run_call(c: _Call) -> None:
+        # Runs even if the caller gave up waiting (cancelled): the caller's state already assumes it ran.
+        try:
+            result, error = c.fn(*c.args), None
+        except Exception as e:  # handed to the caller
+            result, error = None, e
+        try:
+            if error is None:
+                c.future.set_result(result)
+            else:
+                c.future.set_exception(error)
+        except InvalidStateError:  # cancelled
+            pass
+
+    def drop_adapter(self, name: str) -> None:
+        """Scheduler thread: forget the KV computed under adapter `name` and free it in the runner."""
+        if any(s.req.adapter == name for s in self._waiting) or any(
+            sl.seq is not None and sl.seq.req.adapter == name for sl in self._slots
+        ):
+            raise RuntimeError(f"adapter {name!r} is still in use")
+        for i, slot in enumerate(self._slots):
+            if slot.adapter == name:
+                self.runner.kv_remove(i, 0)
+                slot.tokens, slot.adapter = [], None
+        if self._adapter == name:
+            self._adapter = None
+        self.runner.unload_adapter(name)
 
     def _handle_aborts(self, out: list) -> None:
         if not self._aborts:
@@ -143,21 +233,23 @@ class BatchScheduler:
             if slot.seq and slot.seq.req.request_id in ids:
                 self._finish(slot.seq, "abort", out)
 
-    def _admit(self) -> None:
+    def _admit(self, out: list) -> None:
         free = [i for i, s in enumerate(self._slots) if s.seq is None]
         while self._waiting and free:
             seq = self._waiting.popleft()
-            prompt = seq.req.prompt_tokens
-            # Reuse at most len-1 tokens: the last prompt token must be decoded to get logits.
-            limit = len(prompt) - 1
-            own = {i: min(_common_prefix(self._slots[i].tokens, prompt), limit) for i in free}
+            prompt, adapter = seq.req.prompt_tokens, seq.req.adapter
+            if adapter is not None and not self.runner.has_adapter(adapter):
+                err = f"the LoRA adapter {adapter!r} is not loaded"
+                out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
+                continue
+            own = {i: _reusable(self._slots[i], prompt, adapter) for i in free}
             slot_id = max(free, key=lambda i: (own[i], -len(self._slots[i].tokens)))
             free.remove(slot_id)
             reuse = own[slot_id]
             src, src_len = -1, reuse
             for i, s in enumerate(self._slots):
                 if i != slot_id and s.tokens:
-                    n = min(_common_prefix(s.tokens, prompt), limit)
+                    n = _reusable(s, prompt, adapter)
                     if n > src_len:
                         src, src_len = i, n
             slot = self._slots[slot_id]
@@ -167,7 +259,7 @@ class BatchScheduler:
                 reuse = src_len
             else:
                 self.runner.kv_remove(slot_id, reuse)
-            slot.tokens = prompt[:reuse]
+            slot.tokens, slot.adapter = prompt[:reuse], adapter
             slot.seq = seq
             seq.slot, seq.n_past, seq.cached = slot_id, reuse, reuse
             seq.pending = prompt[reuse:]
@@ -180,52 +272,45 @@ class BatchScheduler:
                 self._metrics.prompt_tokens.labels(self.runner.model_id).inc(len(prompt))
 
     def _step(self, out: list) -> None:
-        tokens: list[int] = []
-        positions: list[int] = []
-        seq_ids: list[int] = []
-        want: list[bool] = []
-        samplers: list[tuple[_Seq, int]] = []
+        groups: dict[str | None, _Batch] = {}  # adapter -> its decode call
         budget = self.runner.max_batch_tokens
         active = [s.seq for s in self._slots if s.seq is not None]
         for seq in active:  # decoding sequences first: one token each
             if not seq.pending:
-                samplers.append((seq, len(tokens)))
-                tokens.append(seq.last_token)
-                positions.append(seq.n_past)
-                seq_ids.append(seq.slot)
-                want.append(True)
+                groups.setdefault(seq.req.adapter, _Batch()).add(seq, [seq.last_token], True)
                 budget -= 1
         for seq in sorted((s for s in active if s.pending), key=lambda s: s.arrived):
             if budget <= 0:
                 break
             chunk = seq.pending[:budget]
-            done = len(chunk) == len(seq.pending)
-            for j, t in enumerate(chunk):
-                tokens.append(t)
-                positions.append(seq.n_past + j)
-                seq_ids.append(seq.slot)
-                want.append(done and j == len(chunk) - 1)
-            if done:
-                samplers.append((seq, len(tokens) - 1))
+            groups.setdefault(seq.req.adapter, _Batch()).add(seq, chunk, len(chunk) == len(seq.pending))
             budget -= len(chunk)
-        if not tokens:
+        if not groups:
             return
-        self.runner.decode(tokens, positions, seq_ids, want)
         self.steps += 1
-        # Book-keeping of what entered the KV cache.
-        for seq in active:
-            slot = self._slots[seq.slot]
+        # The adapter already set goes first: one switch fewer (each costs llama.cpp a graph re-reserve).
+        for adapter in sorted(groups, key=lambda a: a != self._adapter):
+            self._decode_group(adapter, groups[adapter], out)
+
+    def _decode_group(self, adapter: str | None, b: _Batch, out: list) -> None:
+        try:
+            self.runner.set_adapter(adapter)
+            self._adapter = adapter
+            self.runner.decode(b.tokens, b.positions, b.seq_ids, b.want)
+        except Exception as e:  # fails this group's sequences only
+            log.exception("decode failed (adapter %s)", adapter)
+            self._adapter = None  # unknown state: set it again next time
+            for seq, _ in b.fed:
+                self._finish(seq, "error", out, error=f"engine error: {e}")
+            return
+        self.decodes += 1
+        for seq, toks in b.fed:  # book-keeping of what entered the KV cache
+            self._slots[seq.slot].tokens.extend(toks)
+            seq.n_past += len(toks)
             if seq.pending:
-                entered = [t for t, sid in zip(tokens, seq_ids, strict=True) if sid == seq.slot]
-                n = len(entered)
-                slot.tokens.extend(entered)
-                seq.n_past += n
-                seq.pending = seq.pending[n:]
-            elif seq.last_token >= 0:
-                slot.tokens.append(seq.last_token)
-                seq.n_past += 1
+                seq.pending = seq.pending[len(toks):]
         now = time.monotonic()
-        for seq, idx in samplers:
+        for seq, idx in b.samplers:  # now, before the next group's decode replaces the logits
             self._sample(seq, idx, now, out)
 
     def _sample(self, seq: _Seq, idx: int, now: float, out: list) -> None:
@@ -287,7 +372,7 @@ class BatchScheduler:
         self.running_count -= 1
         if reason == "error":  # the cache may be inconsistent; drop it
             self.runner.kv_remove(seq.slot, 0)
-            slot.tokens = []
+            slot.tokens, slot.adapter = [], None
         if self._metrics:
             self._metrics.e2e.labels(self.runner.model_id).observe(time.monotonic() - seq.arrived)
         out.append((seq.req.request_id, self._output(seq, text, final_tokens or [], lps, reason, error)))

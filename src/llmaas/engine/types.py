@@ -29,7 +29,7 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
-    adapter: str | None = None
+    adapter: str | None = None  # name of a LoRA adapter registered with the engine; None: the base model
 
 
 @dataclass(slots=True)
@@ -63,6 +63,7 @@ class EngineStats:
     running: int
     waiting: int
     kv_cache_usage: float
+    adapters_loaded: int = 0
 
 
 @dataclass(slots=True)

@@ -128,7 +128,7 @@ def _run(ctx: JobContext, job, spec: dict) -> None:
 
     def on_checkpoint(step: int, ckpt: Path, m: dict) -> None:
         out = adapters / f"ckpt-step-{step}.gguf"
-        export_lora_gguf(ckpt / "adapter", base_gguf, out, alpha=float(lora["alpha"]))
+        export_lora_gguf(ckpt / "adapter", base_gguf, out, alpha=float(lora["alpha"]), dtype="f16")
         cid = f"{model_id}:ckpt-step-{step}"
         metrics = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
         with ctx.queue.db.session() as s:
@@ -148,6 +148,7 @@ def _run(ctx: JobContext, job, spec: dict) -> None:
         lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]), target_modules=lora["target_modules"],
         seed=int(spec["seed"]), checkpoint_every=int(os.environ.get("LLMAAS_CHECKPOINT_EVERY", "0"))
         or _checkpoint_every(len(train_rows), hp), resume_from=resume, export_gguf=True,
+        gguf_dtype="f16",  # f32 LoRA tensors make llama.cpp's logits depend on the batch size; f16 do not
         threads=ctx.settings.threads)
     hooks = TrainHooks(on_event=ctx.event, on_metrics=on_metrics, on_checkpoint=on_checkpoint,
                        should_stop=ctx.should_stop)

