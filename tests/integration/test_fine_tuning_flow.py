@@ -152,11 +152,11 @@ def test_a_job_that_cannot_train_fails_with_a_clear_error(ft_server, tenant):
 
 def test_worker_killed_mid_training_resumes_from_its_checkpoint(ft_server, tenant):
     _, c = tenant
-    f = c.files.create(file=("chat.jsonl", rows("chitchat", "train", 96)), purpose="fine-tune")
+    f = c.files.create(file=("sentiment.jsonl", sentiment_rows(48)), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, seed=11, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
     deadline = time.monotonic() + 300
-    while not c.fine_tuning.jobs.checkpoints.list(job.id).data:  # 24 steps, a checkpoint every 3
+    while not c.fine_tuning.jobs.checkpoints.list(job.id).data:  # 12 steps, a checkpoint every 3
         assert time.monotonic() < deadline, "no checkpoint"
         time.sleep(0.3)
     victims = worker_pids(ft_server)

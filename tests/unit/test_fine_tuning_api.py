@@ -75,8 +75,9 @@ def test_jobs_and_files_of_other_tenants_are_invisible(env):
     job = sdk["one"].fine_tuning.jobs.create(model="fake-model", training_file=fid)
     two = sdk["two"]
     assert two.fine_tuning.jobs.list().data == []
-    for call in (lambda: two.fine_tuning.jobs.retrieve(job.id), lambda: two.fine_tuning.jobs.cancel(job.id),
-                 lambda: two.fine_tuning.jobs.list_events(job.id), lambda: two.fine_tuning.jobs.checkpoints.list(job.id)):
+    jobs = two.fine_tuning.jobs
+    for call in (lambda: jobs.retrieve(job.id), lambda: jobs.cancel(job.id), lambda: jobs.list_events(job.id),
+                 lambda: jobs.checkpoints.list(job.id)):
         with pytest.raises(openai.NotFoundError):
             call()
     with pytest.raises(openai.BadRequestError) as e:  # another tenant's file id is not a file of yours
