@@ -66,8 +66,10 @@ def pick(top: list, labels: list[str]) -> str | None:
     return best
 
 
-async def classify(client: AsyncOpenAI, model: str, rows: list[dict], labels: list[str],
+async def classify(url: str, key: str, model: str, rows: list[dict], labels: list[str],
                    concurrency: int) -> tuple[list[str | None], float]:
+    # One client per event loop: an AsyncOpenAI client must not outlive the asyncio.run() that made it.
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, timeout=120, max_retries=2)
     sem = asyncio.Semaphore(concurrency)
     sys_msg = task_prompt(labels)
     done = [0]
@@ -84,7 +86,10 @@ async def classify(client: AsyncOpenAI, model: str, rows: list[dict], labels: li
             lp = out.choices[0].logprobs
             return pick(lp.content[0].top_logprobs, labels) if lp and lp.content else None
 
-    preds = await asyncio.gather(*[one(r) for r in rows])
+    try:
+        preds = await asyncio.gather(*[one(r) for r in rows])
+    finally:
+        await client.close()
     return preds, time.monotonic() - t0
 
 
@@ -153,10 +158,9 @@ def main() -> None:
         tenant = admin.post("/tenants", json={"name": "bench-" + uuid.uuid4().hex[:6]}).json()["id"]
         key = admin.post(f"/tenants/{tenant}/keys", json={"role": "member"}).json()["key"]
         client = OpenAI(base_url=f"{url}/v1", api_key=key, timeout=120)
-        aclient = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, timeout=120, max_retries=2)
 
         print(f"{args.dataset}: {len(train)} train / {len(test)} test rows, labels {labels}", file=sys.stderr)
-        base_pred, base_s = asyncio.run(classify(aclient, MODEL, test, labels, args.concurrency))
+        base_pred, base_s = asyncio.run(classify(url, key, MODEL, test, labels, args.concurrency))
         gold = [r["label"] for r in test]
         base = scores(gold, base_pred, labels)
         print(f"base: accuracy {base['accuracy']:.3f}, macro-F1 {base['macro_f1']:.3f} ({base_s:.0f} s)",
@@ -180,7 +184,8 @@ def main() -> None:
         train_s = time.monotonic() - t0
         if job.status != "succeeded":
             raise SystemExit(f"fine-tuning {job.status}: {job.error}")
-        ft_pred, ft_s = asyncio.run(classify(aclient, job.fine_tuned_model, test, labels, args.concurrency))
+        ft_pred, ft_s = asyncio.run(classify(url, key, job.fine_tuned_model, test, labels,
+                                                   args.concurrency))
         ft = scores(gold, ft_pred, labels)
     finally:
         if proc is not None:
