@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
-from llmaas.control.jobs import ACTIVE, JobQueue
+from llmaas.control.jobs import ACTIVE
 from llmaas.control.principal import SPENDERS, Context
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -63,7 +63,7 @@ def _hp(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
     return kind(value)
 
 
-def create(s: Session, ctx: Context, queue: JobQueue, *, model: str, base_models: list[str], training_file: str,
+def create(s: Session, ctx: Context, *, model: str, base_models: list[str], training_file: str,
            validation_file: str | None, suffix: str | None, seed: int | None, metadata: dict | None,
            hyperparameters: dict, lora: dict | None) -> Job:
     p = ctx.principal
@@ -122,7 +122,7 @@ def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
     return rows[:limit], len(rows) > limit
 
 
-def cancel(s: Session, ctx: Context, queue: JobQueue, job_id: str) -> Job:
+def cancel(s: Session, ctx: Context, job_id: str) -> Job:
     j = get(s, ctx, job_id)
     ctx.principal.require(*SPENDERS)
     if j.status not in ACTIVE:

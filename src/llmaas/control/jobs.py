@@ -82,8 +82,3 @@ class JobQueue:
         with self.db.session() as s:
             s.add(JobEvent(job_id=job_id, created_at=utcnow(), level=level, type=type_, message=message[:2000],
                            data=data))
-
-    def request_cancel(self, job_id: str) -> None:
-        with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(cancel_requested=True))
-        self.close_cancelled_pending()

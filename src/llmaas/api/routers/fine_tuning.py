@@ -28,7 +28,7 @@ def _page(items: list[dict], more: bool) -> dict:
 def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        job = ft.create(s, ctx, cp.jobs, model=body.model, base_models=list(request.app.state.engines),
+        job = ft.create(s, ctx, model=body.model, base_models=list(request.app.state.engines),
                         training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
                         seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict())
         s.flush()
@@ -64,7 +64,7 @@ def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
 def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        ft.cancel(s, ctx, cp.jobs, job_id)
+        ft.cancel(s, ctx, job_id)
     cp.jobs.close_cancelled_pending()  # a job no worker holds is cancelled at once; a running one within a step
     cp.jobs.event(job_id, "Cancellation requested")
     with cp.db.session() as s:
