@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from llmaas.cli_admin import admin_app
+from llmaas.cli_eval import eval_app
 
 app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()

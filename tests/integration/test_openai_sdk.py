@@ -233,3 +233,30 @@ def test_tenant_key_is_limited_and_metered_exactly(server: LiveServer):
     assert usage["prompt_tokens"] == first.usage.prompt_tokens + second.usage.prompt_tokens
     assert usage["completion_tokens"] == first.usage.completion_tokens + second.usage.completion_tokens
     assert server.metric("llmaas:requests_total") >= 1
+
+
+def test_stored_completions_feedback_and_export(server: LiveServer):
+    t = server.admin("POST", "/tenants", json={"name": "sdk-store", "store_retention_days": 7})["id"]
+    c = server.client(api_key=server.admin("POST", f"/tenants/{t}/keys", json={"role": "member"})["key"])
+    r = c.chat.completions.create(model=MODEL, messages=USER, max_tokens=12, temperature=0, store=True,
+                                  metadata={"app": "sdk-test"})
+    c.chat.completions.create(model=MODEL, messages=USER, max_tokens=4, temperature=0)  # not stored
+    listed = c.chat.completions.list(metadata={"app": "sdk-test"})
+    assert [x.id for x in listed.data] == [r.id]
+    got = c.chat.completions.retrieve(r.id)
+    assert got.choices[0].message.content == r.choices[0].message.content and got.metadata == {"app": "sdk-test"}
+    assert c.chat.completions.update(r.id, metadata={"app": "sdk-test", "ok": "1"}).metadata["ok"] == "1"
+    assert [(m.role, m.content) for m in c.chat.completions.messages.list(r.id).data] == [
+        ("user", USER[0]["content"])]
+    fb = c.post("/feedback", cast_to=object,
+                body={"completion_id": r.id, "rating": -1, "correction": "Red, green and blue."})
+    assert fb["object"] == "feedback" and fb["rating"] == -1
+    f = c.post("/files", cast_to=object, body={
+        "purpose": "fine-tune", "filename": "feedback.jsonl",
+        "source": {"type": "stored_completions", "min_rating": 1, "metadata": {"ok": "1"}}})
+    assert f["object"] == "file" and f["purpose"] == "fine-tune"
+    rows = [json.loads(x) for x in c.files.content(f["id"]).content.splitlines()]
+    assert rows == [{"messages": [*USER, {"role": "assistant", "content": "Red, green and blue."}]}]
+    assert c.chat.completions.delete(r.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.retrieve(r.id)

@@ -17,10 +17,12 @@ from llmaas.api.routers import (
     chat,
     completions,
     embeddings,
+    evals,
     files,
     fine_tuning,
     health,
     models,
+    stored_completions,
     usage,
 )
 from llmaas.control.plane import ControlPlane
@@ -72,6 +74,6 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
-              files.router, fine_tuning.router, admin.router):
+              files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router):
         app.include_router(r)
     return app

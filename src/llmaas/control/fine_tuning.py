@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
+from llmaas.control.evals import check_file
 from llmaas.control.jobs import ACTIVE
 from llmaas.control.principal import SPENDERS, Context
 from llmaas.core.errors import InvalidRequestError, NotFoundError
@@ -39,6 +40,8 @@ def job_dict(j: Job) -> dict:
         "estimated_finish": state.get("estimated_finish"), "integrations": [], "metadata": spec.get("metadata"),
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
         "lora": spec["lora"],  # extension: the adapter's configuration
+        "eval": spec.get("eval"),  # extension: the eval run on the result when the job succeeds
+        "eval_id": result.get("eval_id"),
     }
 
 
@@ -65,7 +68,7 @@ def _hp(value: Any, name: str, kind: type, lo: float, hi: float) -> Any:
 
 def create(s: Session, ctx: Context, *, model: str, base_models: list[str], training_file: str,
            validation_file: str | None, suffix: str | None, seed: int | None, metadata: dict | None,
-           hyperparameters: dict, lora: dict | None) -> Job:
+           hyperparameters: dict, lora: dict | None, eval_spec: dict | None = None) -> Job:
     p = ctx.principal
     p.require(*SPENDERS)
     if model not in base_models or not p.can_use_model(model):
@@ -81,6 +84,8 @@ def create(s: Session, ctx: Context, *, model: str, base_models: list[str], trai
         if f.purpose != "fine-tune":
             raise InvalidRequestError(f"File '{fid}' has purpose '{f.purpose}'; upload it with purpose 'fine-tune'.",
                                       param=param, code="invalid_file")
+    if eval_spec is not None:
+        check_file(s, ctx, eval_spec["file_id"], param="eval.file_id")
     if suffix is not None and not _SUFFIX.match(suffix):
         raise InvalidRequestError("'suffix' may have up to 40 letters, digits, '-' and '_'.", param="suffix")
     hp = {"n_epochs": _hp(hyperparameters.get("n_epochs"), "n_epochs", int, 1, 50),
@@ -96,7 +101,7 @@ def create(s: Session, ctx: Context, *, model: str, base_models: list[str], trai
               status="validating_files", created_at=utcnow(), attempts=0, cancel_requested=False,
               spec={"model": model, "training_file": training_file, "validation_file": validation_file,
                     "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
-                    "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg},
+                    "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg, "eval": eval_spec},
               state={})
     s.add(job)
     return job
@@ -134,6 +139,11 @@ def cancel(s: Session, ctx: Context, job_id: str) -> Job:
 
 def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     get(s, ctx, job_id)
+    return job_events(s, job_id, after=after, limit=limit)
+
+
+def job_events(s: Session, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
+    """Events of a job the caller already checked access to, newest first."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
         try:

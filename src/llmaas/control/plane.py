@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from llmaas.control.budgets import Budgets
 from llmaas.control.catalog import Catalog
@@ -17,6 +18,7 @@ from llmaas.control.keys import KeyService
 from llmaas.control.metering import Meter
 from llmaas.control.ratelimit import Limiter, MemoryLimiter
 from llmaas.control.registry import ModelRegistry
+from llmaas.control.stored_completions import StoredCompletionService
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics
 
@@ -40,7 +42,10 @@ class ControlPlane:
                                  settings.artifact_dir / "files", settings.max_file_bytes)
         self.jobs = JobQueue(self.db, settings.job_lease_s)
         self.registry = ModelRegistry(self.db, settings.artifact_dir)
+        self.stored = StoredCompletionService(self.db, settings.store_retention_days)
         self.admin_secret: str | None = None
+        self._stop = threading.Event()
+        self._purger: threading.Thread | None = None
 
     @classmethod
     async def open(cls, settings: Settings, metrics: ControlMetrics, models: list[str]) -> ControlPlane:
@@ -62,11 +67,28 @@ class ControlPlane:
             print(banner, file=sys.stderr, flush=True)
         cp.catalog.ensure(models)
         cp.meter.start()
+        cp._purger = threading.Thread(target=cp._purge_loop, name="llmaas-store-purge", daemon=True)
+        cp._purger.start()
         log.info("control plane ready: database %s, limits %s", cp.db.engine.url.render_as_string(hide_password=True),
                  "redis" if settings.redis_url else "in-process")
         return cp
 
+    def _purge_loop(self) -> None:
+        """Delete expired stored completions now and every `store_purge_interval_s`. Several API processes
+        may each run this: the deletes are idempotent."""
+        while True:
+            try:
+                n = self.stored.purge_expired()
+                log.log(logging.INFO if n else logging.DEBUG, "purged %d expired stored completion(s)", n)
+            except Exception:  # a failed round (database busy or away) is retried next round
+                log.exception("purging expired stored completions failed")
+            if self._stop.wait(self.settings.store_purge_interval_s):
+                return
+
     async def close(self) -> None:
+        self._stop.set()
+        if self._purger is not None:
+            self._purger.join(timeout=10)
         self.meter.close()
         await self.limiter.close()
         self.db.close()

@@ -28,6 +28,7 @@ def tenant_dict(t: Tenant) -> dict:
     return {
         "id": t.id, "object": "tenant", "name": t.name, "created_at": int(aware(t.created_at).timestamp()),
         "disabled": t.disabled, "metadata": t.metadata_ or {}, "limits": limits_dict(t),
+        "store_retention_days": t.store_retention_days,  # null: the platform default (LLMAAS_STORE_RETENTION_DAYS)
     }
 
 
@@ -45,11 +46,19 @@ def _check_name(name: Any) -> str:
     return name.strip()
 
 
+def _check_retention(days: Any) -> int | None:
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+        raise InvalidRequestError("'store_retention_days' must be a whole number of days, at least 1 (or null "
+                                  "for the platform default).", param="store_retention_days")
+    return days
+
+
 def create(s: Session, ctx: Context, name: str, limits: dict | None = None, metadata: dict | None = None,
-           tenant_id: str | None = None) -> Tenant:
+           tenant_id: str | None = None, store_retention_days: int | None = None) -> Tenant:
     ctx.principal.require()  # admin only
     t = Tenant(id=tenant_id or new_tenant_id(), name=_check_name(name), created_at=utcnow(), disabled=False,
-               metadata_=metadata or {}, budget_period="monthly", budget_alert_fraction=0.8)
+               metadata_=metadata or {}, budget_period="monthly", budget_alert_fraction=0.8,
+               store_retention_days=_check_retention(store_retention_days))
     apply_limits(t, limits or {})
     if s.scalar(select(Tenant.id).where(Tenant.name == t.name)):
         raise ConflictError(f"A tenant named '{t.name}' already exists.", param="name")
@@ -70,7 +79,10 @@ def list_visible(s: Session, ctx: Context) -> list[Tenant]:
 
 
 def update_tenant(s: Session, ctx: Context, tenant_id: str, *, name: str | None = None,
-                  disabled: bool | None = None, limits: dict | None = None, metadata: dict | None = None) -> Tenant:
+                  disabled: bool | None = None, limits: dict | None = None, metadata: dict | None = None,
+                  store_retention_days: Any = ...) -> Tenant:
+    """Fields left None are unchanged; `store_retention_days` is unchanged when omitted (...), and None
+    sets it back to the platform default."""
     t = get_visible(s, ctx, tenant_id)
     ctx.principal.require()
     before = tenant_dict(t)
@@ -82,6 +94,8 @@ def update_tenant(s: Session, ctx: Context, tenant_id: str, *, name: str | None 
         t.disabled = disabled
     if metadata is not None:
         t.metadata_ = metadata
+    if store_retention_days is not ...:
+        t.store_retention_days = _check_retention(store_retention_days)
     if limits:
         apply_limits(t, limits)
     try:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0)  # worker processes `serve` starts (embedded mode); 0 = run your own
     job_lease_s: float = Field(default=30.0, gt=0)  # a dead worker's job is picked up again after this
     max_adapters: int = Field(default=8, ge=1)  # LoRA adapters loaded per base model (LRU beyond)
+    # Stored completions (`store: true`) and evals
+    store_retention_days: int = Field(default=30, ge=1)  # a tenant's own setting overrides it
+    store_purge_interval_s: float = Field(default=3600.0, gt=0)  # how often expired ones are deleted
+    eval_batch_rows: int = Field(default=16, ge=1, le=256)  # rows scored per engine call in eval jobs
     # Catalog price of a served model until an admin sets one (USD per million tokens).
     default_input_usd_per_mtok: str = "0.10"
     default_output_usd_per_mtok: str = "0.20"

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from llmaas.engine.chat_template import ChatMessage
+from llmaas.engine.scoring import ScoreItem
 from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
 
 
@@ -28,6 +29,9 @@ class Engine(Protocol):
     async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]: ...
     async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         """Log-likelihood of tokens[start:], token by token (under LoRA adapter `adapter` if given)."""
+
+    async def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        """Batched `score`: per item and continuation, log-probabilities of its tokens given the prefix."""
 
     # LoRA adapters on this base model, served concurrently with it. A request names one with
     # GenerationRequest.adapter; unknown names raise AdapterNotFoundError (404 model_not_found).

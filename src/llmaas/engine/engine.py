@@ -19,6 +19,7 @@ from llmaas.engine.adapters import AdapterCache
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
 from llmaas.engine.runner import ModelRunner
 from llmaas.engine.scheduler import BatchScheduler
+from llmaas.engine.scoring import ScoreItem
 from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
 
 
@@ -146,6 +147,11 @@ class BatchingEngine:
     async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         async with self._pinned(adapter):
             return await asyncio.to_thread(self._side, self.runner.score, tokens, start, adapter)
+
+    async def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        """Per item and continuation, the log-probabilities of its tokens given the item's prefix (batched)."""
+        async with self._pinned(adapter):
+            return await asyncio.to_thread(self._side, self.runner.score_many, items, adapter)
 
     # -- LoRA adapters -------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str) -> None:

@@ -11,12 +11,17 @@ from typing import Protocol
 
 import numpy as np
 
+from llmaas.engine.scoring import ScoreItem
 from llmaas.engine.types import SamplingParams
 
 
 class Sampler(Protocol):
     def sample(self, batch_index: int) -> int:
         """Pick (and accept) the next token from the logits at `batch_index` of the last decode."""
+
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        """For each item and each of its continuations: the log-probabilities of the continuation's tokens
+        given the item's prefix (separate context; batched: evals score thousands of rows)."""
 
     def close(self) -> None: ...
 
@@ -65,6 +70,10 @@ class ModelRunner(Protocol):
 
     def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         """Log-probabilities of tokens[start:] given what precedes each (separate context)."""
+
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        """For each item and each of its continuations: the log-probabilities of the continuation's tokens
+        given the item's prefix (separate context; batched: evals score thousands of rows)."""
 
     def close(self) -> None: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,10 +27,15 @@ class LimitsIn(_Strict):
         return self.model_dump(exclude_unset=True)
 
 
+RetentionDays = Annotated[int | None, Field(ge=1, le=36500,
+                                           description="Days stored chat completions are kept; null: the default")]
+
+
 class TenantCreate(_Strict):
     name: str = Field(min_length=1, max_length=200)
     limits: LimitsIn | None = None
     metadata: dict[str, str] | None = None
+    store_retention_days: RetentionDays = None
 
 
 class TenantUpdate(_Strict):
@@ -38,6 +43,7 @@ class TenantUpdate(_Strict):
     disabled: bool | None = None
     limits: LimitsIn | None = None
     metadata: dict[str, str] | None = None
+    store_retention_days: RetentionDays = None  # an explicit null goes back to the platform default
 
 
 class KeyCreate(_Strict):

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmaas.protocol.evals import FineTuneEval
+
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +49,7 @@ class FineTuneCreate(BaseModel):
     hyperparameters: Hyperparameters | None = None  # legacy top-level form
     method: Method | None = None
     lora: LoraConfig | None = None
+    eval: FineTuneEval | None = None  # extension: evaluate the result and each checkpoint when the job succeeds
 
     def hp(self) -> dict:
         h = self.method.supervised.hyperparameters if self.method else (self.hyperparameters or Hyperparameters())

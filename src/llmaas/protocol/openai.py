@@ -55,6 +55,13 @@ class ResponseFormat(_Req):
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
+def check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits on `metadata`: at most 16 pairs, keys up to 64 characters, values up to 512."""
+    if v is not None and (len(v) > 16 or any(len(k) > 64 or len(x) > 512 for k, x in v.items())):
+        raise ValueError("at most 16 key-value pairs, keys of at most 64 characters, values of at most 512")
+    return v
+
+
 class _SamplingFields(_Req):
     """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions)."""
 
@@ -123,6 +130,19 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    store: bool = False  # keep the completion (GET /v1/chat/completions), for review, feedback and export
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(v)
+
+    def stored_request(self) -> dict:
+        """What a stored completion keeps of its request: the messages as sent, the model and the sampling
+        parameters that were set (not the transport: stream, store, metadata)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True,
+                               exclude={"stream", "stream_options", "store", "metadata"})
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

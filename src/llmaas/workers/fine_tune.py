@@ -14,24 +14,20 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
-from llmaas.control.budgets import BudgetScope, Hold
+from sqlalchemy import select
+
+from llmaas.control.budgets import Hold
 from llmaas.control.clock import utcnow
 from llmaas.control.datasets import read_examples, validate_chat_lines
-from llmaas.control.db.models import ApiKey, JobCheckpoint, Tenant, TenantModel
+from llmaas.control.db.models import JobCheckpoint, TenantModel
+from llmaas.control.evals import enqueue as enqueue_eval
 from llmaas.control.metering import UsageEvent
-from llmaas.control.principal import Limits
 from llmaas.core.errors import LlmaasError
-from llmaas.workers.runner import JobContext
+from llmaas.workers.runner import JobContext, JobFailed, model_spec
 
 log = logging.getLogger("llmaas.worker.fine_tune")
 
 BASE_LR = 2e-4  # LoRA learning rate at learning_rate_multiplier = 1
-
-
-class JobFailed(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
 
 
 def auto_hyperparameters(hp: dict, n_examples: int) -> dict:
@@ -55,27 +51,8 @@ def _examples(ctx: JobContext, file_id: str, param: str) -> list[dict]:
     return list(read_examples([data]))
 
 
-def _model_spec(ctx: JobContext, model_id: str) -> str:
-    """The served model spec (bundled name or .gguf path) behind an engine model id."""
-    from llmaas.engine.backends.llamacpp import resolve_model
-
-    for spec in ctx.settings.models:
-        if resolve_model(spec)[0] == model_id:
-            return spec
-    raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
-
-
 def run_fine_tune(ctx: JobContext) -> None:
     job, spec = ctx.job, ctx.job.spec
-    try:
-        _run(ctx, job, spec)
-    except JobFailed as f:
-        ctx.event(f"Job failed: {f.message}", level="error")
-        ctx.queue.set_status(job.id, ctx.worker, "failed",
-                             error={"code": f.code, "message": f.message, "param": f.param})
-
-
-def _run(ctx: JobContext, job, spec: dict) -> None:
     from llmaas.training import SFTConfig, TrainHooks, export_lora_gguf, latest_checkpoint, train
     from llmaas.training.base_model import resolve_gguf
 
@@ -83,7 +60,7 @@ def _run(ctx: JobContext, job, spec: dict) -> None:
     valid_rows = _examples(ctx, spec["validation_file"], "validation_file") if spec.get("validation_file") else None
     hp = auto_hyperparameters(spec["hyperparameters"], len(train_rows))
     ctx.state.update(hyperparameters=hp)
-    base_spec = _model_spec(ctx, spec["model"])
+    base_spec = model_spec(ctx.settings, spec["model"])
     base_gguf = resolve_gguf(base_spec)
     work = ctx.settings.artifact_dir / "jobs" / job.id
     adapters = ctx.settings.artifact_dir / "adapters" / job.id
@@ -174,9 +151,27 @@ def _run(ctx: JobContext, job, spec: dict) -> None:
                               created_at=utcnow(), lineage={"base": spec["model"], "job": job.id, "step": result.step,
                                                             "metrics": result.metrics}))
     ctx.event(f"New fine-tuned model created: {model_id}")
-    ctx.queue.set_status(job.id, ctx.worker, "succeeded", state=ctx.state,
-                         result={"fine_tuned_model": model_id, "result_files": [metrics_file.id]})
+    result = {"fine_tuned_model": model_id, "result_files": [metrics_file.id]}
+    if spec.get("eval"):
+        result["eval_id"] = _enqueue_eval(ctx, model_id)
+    ctx.queue.set_status(job.id, ctx.worker, "succeeded", state=ctx.state, result=result)
     ctx.event("The job has successfully completed")
+
+
+def _enqueue_eval(ctx: JobContext, model_id: str) -> str:
+    """The eval the job asked for, on each checkpoint and the final model, in the same job queue; its
+    metrics come back as this job's events and in its checkpoints' metrics."""
+    job, ev = ctx.job, ctx.job.spec["eval"]
+    with ctx.queue.db.session() as s:
+        ckpts = list(s.scalars(select(JobCheckpoint.model_id).where(JobCheckpoint.job_id == job.id)
+                               .order_by(JobCheckpoint.step)))
+        e = enqueue_eval(s, tenant_id=job.tenant_id, key_id=job.key_id,
+                         spec={"name": f"{job.id} on completion", "models": [*ckpts, model_id],
+                               "file_id": ev["file_id"], "task": ev["task"], "max_rows": ev.get("max_rows"),
+                               "metadata": None, "fine_tuning_job_id": job.id})
+        eval_id = e.id
+    ctx.event(f"Eval {eval_id} queued on the fine-tuned model and its {len(ckpts)} checkpoints")
+    return eval_id
 
 
 def _checkpoint_every(n_examples: int, hp: dict) -> int:
@@ -195,27 +190,15 @@ def _csv(rows: list[dict]) -> bytes:
 
 
 def _reserve_budget(ctx: JobContext, rows: list[dict], epochs: int):
-    """Reserve a conservative estimate of the training cost (2 characters per token) on the tenant's and
-    the key's budgets before any compute is spent. Kept in the job's state, so a resumed job reuses it."""
-    job = ctx.job
-    ctx.catalog.reload()
+    """Reserve a conservative estimate of the training cost (2 characters per token). Kept in the job's
+    state, so a resumed job reuses it."""
     if ctx.state.get("holds") is not None:
-        return [Hold(**h) for h in ctx.state["holds"]], ctx.catalog.price(job.spec["model"])
-    with ctx.queue.db.session() as s:
-        t = s.get(Tenant, job.tenant_id)
-        k = s.get(ApiKey, job.key_id) if job.key_id else None
+        ctx.catalog.reload()
+        return [Hold(**h) for h in ctx.state["holds"]], ctx.catalog.price(ctx.job.spec["model"])
     chars = sum(len(m.get("content") or "") + 16 for r in rows for m in r["messages"])
-    estimate = math.ceil(chars / 2) * epochs
-    scopes = [BudgetScope("tenant", job.tenant_id, Limits.of(t), job.tenant_id)]
-    if k is not None:
-        scopes.append(BudgetScope("key", k.id, Limits.of(k), job.tenant_id))
-    try:
-        holds, price = ctx.budgets.reserve(scopes, job.spec["model"], estimate, 0, ctx.catalog.price(job.spec["model"]),
-                                           training=True)
-    except LlmaasError as e:
-        raise JobFailed("insufficient_quota", e.message) from None
+    holds, price = ctx.reserve(ctx.job.spec["model"], math.ceil(chars / 2) * epochs, 0, training=True)
     ctx.state["holds"] = [asdict(h) for h in holds]
-    ctx.queue.heartbeat(job.id, ctx.worker, ctx.state)
+    ctx.queue.heartbeat(ctx.job.id, ctx.worker, ctx.state)
     return holds, price
 
 

@@ -16,17 +16,39 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import update
 
-from llmaas.control.budgets import Budgets
-from llmaas.control.catalog import Catalog
+from llmaas.control.budgets import Budgets, BudgetScope, Hold
+from llmaas.control.catalog import Catalog, Price
 from llmaas.control.crypto import MasterKey
 from llmaas.control.db.database import Database
-from llmaas.control.db.models import Job
+from llmaas.control.db.models import ApiKey, Job, Tenant
 from llmaas.control.files import FileService
 from llmaas.control.jobs import JobQueue
 from llmaas.control.metering import Meter
+from llmaas.control.principal import Limits
 from llmaas.core.config import Settings
+from llmaas.core.errors import LlmaasError
 
 log = logging.getLogger("llmaas.worker")
+
+
+class JobFailed(Exception):
+    """A handler's clean failure: the job ends `failed` with this error (no traceback in the log)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def model_spec(settings: Settings, model_id: str) -> str:
+    """The served model spec (bundled name or .gguf path) behind an engine model id."""
+    if settings.backend == "fake":
+        return settings.models[0]
+    from llmaas.engine.backends.llamacpp import resolve_model
+
+    for spec in settings.models:
+        if resolve_model(spec)[0] == model_id:
+            return spec
+    raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
 
 
 @dataclass
@@ -52,6 +74,24 @@ class JobContext:
     def event(self, message: str, **kw) -> None:
         self.queue.event(self.job.id, message, **kw)
 
+    def reserve(self, model: str, prompt_tokens: int, completion_tokens: int, *,
+                training: bool = False) -> tuple[list[Hold], Price]:
+        """Reserve a worst-case cost on the tenant's and the job key's budgets before compute is spent;
+        the meter settles it with the real usage. Over budget: the job fails with insufficient_quota."""
+        job = self.job
+        self.catalog.reload()
+        with self.queue.db.session() as s:
+            t = s.get(Tenant, job.tenant_id)
+            k = s.get(ApiKey, job.key_id) if job.key_id else None
+        scopes = [BudgetScope("tenant", job.tenant_id, Limits.of(t), job.tenant_id)]
+        if k is not None:
+            scopes.append(BudgetScope("key", k.id, Limits.of(k), job.tenant_id))
+        try:
+            return self.budgets.reserve(scopes, model, prompt_tokens, completion_tokens, self.catalog.price(model),
+                                        training=training)
+        except LlmaasError as e:
+            raise JobFailed("insufficient_quota", e.message) from None
+
 
 class Worker:
     def __init__(self, settings: Settings) -> None:
@@ -76,9 +116,10 @@ class Worker:
             self._current.release.set()
 
     def run(self, *, once: bool = False, poll_s: float = 1.0) -> None:
+        from llmaas.workers.evaluate import run_eval
         from llmaas.workers.fine_tune import run_fine_tune
 
-        handlers = {"fine_tune": run_fine_tune}
+        handlers = {"fine_tune": run_fine_tune, "eval": run_eval}
         self.db.migrate()
         self.catalog.reload()
         self.meter.start()
@@ -110,6 +151,10 @@ class Worker:
         log.info("job %s claimed (attempt %d)", job.id, job.attempts)
         try:
             handler(ctx)
+        except JobFailed as f:
+            ctx.event(f"Job failed: {f.message}", level="error")
+            self.queue.set_status(job.id, self.id, "failed",
+                                  error={"code": f.code, "message": f.message, "param": f.param})
         except Exception as e:
             log.exception("job %s failed", job.id)
             ctx.event(f"Job failed: {e}", level="error")

@@ -40,7 +40,8 @@ def _tenant_out(cp: ControlPlane, s, t) -> dict:
 def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        t = tenants.create(s, ctx, body.name, body.limits.changes() if body.limits else None, body.metadata)
+        t = tenants.create(s, ctx, body.name, body.limits.changes() if body.limits else None, body.metadata,
+                           store_retention_days=body.store_retention_days)
         return _tenant_out(cp, s, t)
 
 
@@ -63,7 +64,9 @@ def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: Cur
     cp = _cp(request)
     with cp.db.session() as s:
         t = tenants.update_tenant(s, ctx, tenant_id, name=body.name, disabled=body.disabled,
-                                  limits=body.limits.changes() if body.limits else None, metadata=body.metadata)
+                                  limits=body.limits.changes() if body.limits else None, metadata=body.metadata,
+                                  store_retention_days=body.model_dump(exclude_unset=True).get(
+                                      "store_retention_days", ...))
         out = _tenant_out(cp, s, t)
     cp.keys.invalidate()  # limits and the disabled flag travel with cached keys
     return out

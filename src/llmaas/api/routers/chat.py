@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 
+from llmaas.api.completion_store import ChoiceCollector, store_completion, wants_store
 from llmaas.api.deps import CurrentPrincipal, admit
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
@@ -60,6 +61,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     head = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": None}
     ticket = await admit(request, principal, body.model, "chat.completions", len(prompt), max_tokens * body.n)
+    store = wants_store(request, body)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -74,9 +76,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
             async with Metered(ticket, len(prompt)) as meter:
                 chunk = {**head, "object": "chat.completion.chunk"}
                 completion, cached, started = 0, 0, set()
+                kept = ChoiceCollector(body.n, params.logprobs is not None) if store else None
                 try:
                     async for i, out in stream:
                         meter.add(i, out)
+                        if kept is not None:
+                            kept.add(i, out, [_lp_entry(x) for x in out.logprobs or ()])
                         if i not in started:
                             started.add(i)
                             yield sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -91,6 +96,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                             cached = max(cached, out.cached_tokens)
                     if include_usage:
                         yield sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion, cached)})
+                    if kept is not None:
+                        await store_completion(request, principal, body, {
+                            **head, "choices": kept.choices(), "usage": _usage(len(prompt), completion, cached)})
                 except Exception as e:
                     meter.status = "error"
                     yield sse_error(e)
@@ -99,26 +107,19 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         return sse_response(events(), ticket.headers)
 
     async def collect(meter: Metered) -> dict:
-        texts = [""] * body.n
-        lps: list[list[dict] | None] = [([] if params.logprobs is not None else None) for _ in range(body.n)]
-        finish: list[str | None] = [None] * body.n
+        choices = ChoiceCollector(body.n, params.logprobs is not None)
         completion, cached = 0, 0
         async for i, out in fan_out(engine, [prompt], params, body.n, adapter):
             meter.add(i, out)
-            texts[i] += out.text
-            if out.logprobs and lps[i] is not None:
-                lps[i] += [_lp_entry(x) for x in out.logprobs]
+            choices.add(i, out, [_lp_entry(x) for x in out.logprobs or ()])
             if out.finished:
-                finish[i] = out.finish_reason
                 completion += out.completion_tokens
                 cached = max(cached, out.cached_tokens)
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None},
-             "logprobs": {"content": lps[i]} if lps[i] is not None else None, "finish_reason": finish[i]}
-            for i in range(body.n)
-        ]
-        return {**head, "choices": choices, "usage": _usage(len(prompt), completion, cached)}
+        return {**head, "choices": choices.choices(), "usage": _usage(len(prompt), completion, cached)}
 
     response.headers.update(ticket.headers)
     async with Metered(ticket, len(prompt)) as meter:
-        return await until_disconnected(request, collect(meter))
+        result = await until_disconnected(request, collect(meter))
+    if store:
+        await store_completion(request, principal, body, result)
+    return result

@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
 from llmaas.control.files import FileService, FileUpload, file_dict
@@ -23,6 +24,8 @@ def _files(request: Request) -> FileService:
 @router.post("/v1/files")
 async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
+        return file_dict(await file_from_source(request, ctx))  # a file exported from stored completions
     upload: list[FileUpload] = []
 
     def on_file(filename: str, fields: dict[str, str]):

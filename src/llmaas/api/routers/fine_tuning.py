@@ -30,7 +30,8 @@ def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> d
     with cp.db.session() as s:
         job = ft.create(s, ctx, model=body.model, base_models=list(request.app.state.engines),
                         training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
-                        seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict())
+                        seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict(),
+                        eval_spec=body.eval.model_dump() if body.eval else None)
         s.flush()
         out = ft.job_dict(job)
     cp.jobs.event(job.id, "Validating training file: " + body.training_file)

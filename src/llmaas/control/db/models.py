@@ -5,7 +5,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -32,6 +44,7 @@ class Tenant(LimitColumns, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    store_retention_days: Mapped[int | None] = mapped_column(Integer)  # stored completions; NULL: the default
 
 
 class ApiKey(LimitColumns, Base):
@@ -203,3 +216,49 @@ class TenantModel(Base):
     adapter_path: Mapped[str] = mapped_column(String(1000))  # GGUF LoRA, relative to the artifact dir
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     lineage: Mapped[dict] = mapped_column(JSON)  # base, job, step, checkpoint, evals
+
+
+class EvalItem(Base):
+    """One row of an eval run for one model: its input, reference, prediction and per-row scores."""
+
+    __tablename__ = "eval_items"
+    __table_args__ = (UniqueConstraint("job_id", "model", "idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(300))
+    idx: Mapped[int] = mapped_column(Integer)  # the row's line in the file, from 0
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class StoredCompletion(Base):
+    """A chat completion created with `store: true`: request and response, kept for the tenant's retention."""
+
+    __tablename__ = "stored_completions"
+    __table_args__ = (Index("ix_stored_completions_tenant_time", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the completion id (chatcmpl-...)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request: Mapped[dict] = mapped_column(JSON)  # messages and the sampling parameters that were set
+    response: Mapped[dict] = mapped_column(JSON)  # the chat.completion object as returned
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+
+
+class CompletionFeedback(Base):
+    """A rating (+1/-1) on a stored completion, with an optional corrected answer and comment."""
+
+    __tablename__ = "completion_feedback"
+    __table_args__ = (Index("ix_completion_feedback_completion", "completion_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    completion_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    rating: Mapped[int] = mapped_column(Integer)
+    correction: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError
+from llmaas.engine.scoring import ScoreItem, score_one_by_one
 from llmaas.engine.types import SamplingParams
 
 EOS = 256
@@ -160,6 +161,9 @@ class FakeRunner:
 
     def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         return [-1.0 - self._shift(adapter) for _ in tokens[max(start, 1):]]
+
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        return score_one_by_one(lambda toks, start: self.score(toks, start, adapter), items)
 
     def close(self) -> None:
         pass

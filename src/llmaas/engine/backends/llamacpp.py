@@ -23,6 +23,15 @@ import numpy as np
 from llmaas.core.errors import EngineError, InvalidRequestError
 from llmaas.engine.runner import log_softmax
 from llmaas.engine.sampling import NumpySampler
+from llmaas.engine.scoring import (
+    SCORE_BATCH,
+    SCORE_SEQ_TOKENS,
+    SCORE_SEQS,
+    ScoreItem,
+    fill_continuations,
+    fill_prefixes,
+    pack,
+)
 from llmaas.engine.types import SamplingParams
 
 log = logging.getLogger("llmaas.engine.llamacpp")
@@ -144,6 +153,7 @@ class LlamaCppRunner:
         self._pieces: dict[int, bytes] = {}
         self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
         self._side_ctx = None  # for score()
+        self._score_ctx = None  # for score_many(): many sequences per decode
         self._embed_ctx = None  # for embed()
         self._adapters: dict[str, ctypes.c_void_p] = {}  # name -> llama_adapter_lora *
         # llama_adapter_lora_init/_free may update the model's adapter set: one at a time. Inits run off
@@ -152,15 +162,17 @@ class LlamaCppRunner:
         self._to_free: list[ctypes.c_void_p] = []
         self._adapter: str | None = None  # what self.ctx has applied
 
-    def _new_context(self, n_ctx: int, n_batch: int, n_seq: int, embeddings: bool):
+    def _new_context(self, n_ctx: int, n_batch: int, n_seq: int, embeddings: bool, *, unified: bool = True):
+        """unified=False: one KV stream per sequence (n_ctx / n_seq cells each), which keeps each sequence's
+        logits independent of what else is in the batch (see llmaas.engine.scoring)."""
         L = self.L
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_batch = n_batch
-        cp.n_ubatch = n_batch
+        cp.n_ubatch = min(n_batch, 512) if not unified else n_batch
         cp.n_seq_max = n_seq
         cp.n_threads = cp.n_threads_batch = self.threads
-        cp.kv_unified = True
+        cp.kv_unified = unified
         cp.no_perf = True
         if embeddings:
             cp.embeddings = True
@@ -356,12 +368,58 @@ class LlamaCppRunner:
         finally:
             L.llama_batch_free(batch)
 
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+        """Batched scoring (evals), in two decodes per group of items: prefixes once, then every
+        continuation on its own KV stream (see llmaas.engine.scoring). Items that do not fit a stream
+        are scored with `score`, one continuation at a time."""
+        L = self.L
+        out: list[list[list[float]]] = [[[] for _ in it.continuations] for it in items]
+        batched = [i for i, it in enumerate(items) if it.fits()]
+        for i in sorted(set(range(len(items))) - set(batched)):
+            out[i] = [self.score(items[i].prefix + c, len(items[i].prefix), adapter) if c else []
+                      for c in items[i].continuations]
+        if batched and self._score_ctx is None:
+            self._score_ctx = self._new_context(SCORE_SEQS * SCORE_SEQ_TOKENS, SCORE_BATCH, SCORE_SEQS,
+                                                embeddings=False, unified=False)
+        ctx = self._score_ctx
+        mem = L.llama_get_memory(ctx) if ctx else None
+        batch = L.llama_batch_init(SCORE_BATCH, 0, 1) if batched else None
+        try:
+            for idx in pack(items, batched, SCORE_SEQS, SCORE_BATCH):
+                group = [items[i] for i in idx]
+                L.llama_memory_clear(mem, True)
+                plan = fill_prefixes(batch, group)
+                self._decode_side(ctx, batch, adapter, "scoring")
+                first = [self._logprobs(ctx, row) for row in plan.first]
+                for src, dst in plan.copies:
+                    L.llama_memory_seq_cp(mem, src, dst, -1, -1)
+                if fill_continuations(batch, group, plan):
+                    self._decode_side(ctx, batch, adapter, "scoring")
+                for k, (i, it) in enumerate(zip(idx, group, strict=True)):
+                    for j, c in enumerate(it.continuations):
+                        if c:
+                            out[i][j] = [float(first[k][c[0]])] + [
+                                self._token_logprob(ctx, row, t) for row, t in zip(plan.rest[(k, j)], c[1:],
+                                                                                    strict=True)]
+        finally:
+            if batch is not None:
+                L.llama_batch_free(batch)
+        return out
+
+    def _logprobs(self, ctx, batch_index: int) -> np.ndarray:
+        return log_softmax(np.ctypeslib.as_array(self.L.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,)))
+
+    def _token_logprob(self, ctx, batch_index: int, token: int) -> float:
+        row = np.ctypeslib.as_array(self.L.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,))
+        m = float(row.max())
+        return float(row[token]) - m - float(np.log(np.exp(row - m, dtype=np.float64).sum()))
+
     def close(self) -> None:
         L = self.L
-        for ctx in (self._embed_ctx, self._side_ctx, self.ctx):
+        for ctx in (self._embed_ctx, self._side_ctx, self._score_ctx, self.ctx):
             if ctx:
                 L.llama_free(ctx)
-        self._embed_ctx = self._side_ctx = self.ctx = None
+        self._embed_ctx = self._side_ctx = self._score_ctx = self.ctx = None
         with self._adapter_lock:  # after the contexts that may reference them
             self._to_free.extend(self._adapters.values())
             self._adapters.clear()

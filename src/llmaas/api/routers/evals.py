@@ -1,0 +1,92 @@
+"""/v1/evals: create an eval run, list, retrieve (metrics), cancel, per-row items, side-by-side compare."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.control import evals
+from llmaas.control import fine_tuning as ft
+from llmaas.control.plane import ControlPlane
+from llmaas.core.errors import InvalidRequestError
+from llmaas.protocol.evals import EvalCreate
+
+router = APIRouter(prefix="/v1/evals", tags=["evals"])
+
+
+def _cp(request: Request) -> ControlPlane:
+    return control_plane(request, "Evals")
+
+
+def _page(items: list[dict], more: bool) -> dict:
+    return {"object": "list", "data": items, "has_more": more,
+            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
+
+
+@router.post("")
+def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        job = evals.create(s, ctx, models=body.models(), base_models=list(request.app.state.engines),
+                           file_id=body.file_id, task=body.task.model_dump(), name=body.name, max_rows=body.max_rows,
+                           metadata=body.metadata)
+        s.flush()
+        out = evals.eval_dict(job)
+    cp.jobs.event(job.id, f"Eval created: {', '.join(out['model'])} on {body.file_id} ({body.task.type})")
+    return out
+
+
+@router.get("")
+def list_evals(request: Request, ctx: CurrentContext, after: str | None = None,
+               limit: int = Query(default=20, ge=1, le=100)) -> dict:
+    with _cp(request).db.session() as s:
+        rows, more = evals.list_evals(s, ctx, after=after, limit=limit)
+        return _page([evals.eval_dict(j) for j in rows], more)
+
+
+@router.get("/compare")
+def compare_evals(request: Request, ctx: CurrentContext, ids: str = Query(description="comma-separated eval ids")):
+    with _cp(request).db.session() as s:
+        return evals.compare(s, ctx, [i.strip() for i in ids.split(",") if i.strip()])
+
+
+@router.get("/{eval_id}")
+def get_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
+    with _cp(request).db.session() as s:
+        return evals.eval_dict(evals.get(s, ctx, eval_id))
+
+
+@router.post("/{eval_id}/cancel")
+def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        evals.cancel(s, ctx, eval_id)
+    cp.jobs.close_cancelled_pending()  # an eval no worker holds is cancelled at once; a running one within a batch
+    cp.jobs.event(eval_id, "Cancellation requested")
+    with cp.db.session() as s:
+        return evals.eval_dict(evals.get(s, ctx, eval_id))
+
+
+@router.get("/{eval_id}/items")
+def eval_items(eval_id: str, request: Request, ctx: CurrentContext, model: str | None = None,
+               after: str | None = None, limit: int = Query(default=50, ge=1, le=1000)) -> dict:
+    """Per-row results of one model (default: the eval's first), in file order; `after` is an item id."""
+    idx = None
+    if after is not None:
+        try:
+            idx = int(after.rsplit("#", 1)[-1])
+        except ValueError:
+            raise InvalidRequestError("'after' must be an item id.", param="after") from None
+    with _cp(request).db.session() as s:
+        rows, more = evals.items(s, ctx, eval_id, model=model, after=idx, limit=limit)
+        return _page([evals.item_dict(it) for it in rows], more)
+
+
+@router.get("/{eval_id}/events")
+def eval_events(eval_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+                limit: int = Query(default=20, ge=1, le=1000)) -> dict:
+    cp = _cp(request)
+    with cp.db.session() as s:
+        evals.get(s, ctx, eval_id)
+        rows, more = ft.job_events(s, eval_id, after=after, limit=limit)
+        return _page([ft.event_dict(e) for e in rows], more)

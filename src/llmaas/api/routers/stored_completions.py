@@ -1,0 +1,80 @@
+"""Stored chat completions as OpenAI defines them (list, retrieve, update metadata, delete, messages)
+and feedback on them (our extension). Routes are plain `def`: FastAPI runs them in its thread pool."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.control.stored_completions import StoredCompletionService
+from llmaas.core.errors import InvalidRequestError
+from llmaas.protocol.openai import check_metadata
+from llmaas.protocol.stored_completions import FeedbackCreate, MetadataUpdate
+
+router = APIRouter(tags=["stored completions"])
+
+Limit = Query(default=20, ge=1, le=100)
+
+
+def _stored(request: Request) -> StoredCompletionService:
+    return control_plane(request, "Stored completions").stored
+
+
+def _page(items: list[dict], more: bool) -> dict:
+    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None, "has_more": more}
+
+
+def _metadata_query(request: Request) -> dict[str, str] | None:
+    """The SDK sends a metadata filter as `metadata[key]=value` query parameters."""
+    meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    try:
+        return check_metadata(meta) or None
+    except ValueError as e:
+        raise InvalidRequestError(f"Invalid 'metadata' filter: {e}.", param="metadata") from None
+
+
+@router.get("/v1/chat/completions")
+def list_completions(request: Request, ctx: CurrentContext, model: str | None = None, after: str | None = None,
+                     limit: int = Limit, order: Literal["asc", "desc"] = "asc") -> dict:
+    items, more = _stored(request).list(ctx, model=model, metadata=_metadata_query(request), after=after,
+                                        limit=limit, order=order)
+    return _page(items, more)
+
+
+@router.get("/v1/chat/completions/{completion_id}")
+def get_completion(completion_id: str, request: Request, ctx: CurrentContext) -> dict:
+    return _stored(request).get(ctx, completion_id)
+
+
+@router.post("/v1/chat/completions/{completion_id}")
+def update_completion(completion_id: str, body: MetadataUpdate, request: Request, ctx: CurrentContext) -> dict:
+    return _stored(request).update_metadata(ctx, completion_id, body.metadata)
+
+
+@router.delete("/v1/chat/completions/{completion_id}")
+def delete_completion(completion_id: str, request: Request, ctx: CurrentContext) -> dict:
+    _stored(request).delete(ctx, completion_id)
+    return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+
+
+@router.get("/v1/chat/completions/{completion_id}/messages")
+def completion_messages(completion_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+                        limit: int = Limit, order: Literal["asc", "desc"] = "asc") -> dict:
+    items, more = _stored(request).messages(ctx, completion_id, after=after, limit=limit, order=order)
+    return _page(items, more)
+
+
+@router.post("/v1/feedback")
+def create_feedback(body: FeedbackCreate, request: Request, ctx: CurrentContext) -> dict:
+    return _stored(request).add_feedback(ctx, body.completion_id, body.rating, body.correction, body.comment)
+
+
+@router.get("/v1/feedback")
+def list_feedback(request: Request, ctx: CurrentContext, completion_id: str | None = None, after: str | None = None,
+                  limit: int = Limit, order: Literal["asc", "desc"] = "desc") -> dict:
+    items, more = _stored(request).list_feedback(ctx, completion_id=completion_id, after=after, limit=limit,
+                                                 order=order)
+    return _page(items, more)

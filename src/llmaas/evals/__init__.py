@@ -1,0 +1,1 @@
+"""Evaluation: metric computation for eval runs."""
