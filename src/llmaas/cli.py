@@ -49,13 +49,13 @@ def serve(
     ] = None,
     backend: Annotated[str | None, typer.Option(help="llamacpp (default) or fake (testing only).")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes for fine-tuning jobs, started and restarted by this "
+        int | None, typer.Option(help="Worker processes for fine-tuning and eval jobs, started and restarted by this "
                                       "server; 0 to run `llmaas worker` yourself. (env LLMAAS_WORKERS; default 1)")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
 ) -> None:
     """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)
-    and, in embedded mode, its fine-tuning workers."""
+    and, in embedded mode, its fine-tuning and eval workers."""
     import uvicorn
 
     from llmaas.api.app import create_app
@@ -100,7 +100,7 @@ def worker(
     once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
 ) -> None:
-    """Run background jobs (fine-tunes) from the shared database. `serve` starts one by default; run more
+    """Run background jobs (fine-tunes, evals) from the shared database. `serve` starts one by default; run more
     on other machines sharing LLMAAS_DATABASE_URL and the data dir (artifacts) to train in parallel."""
     from llmaas.core.config import load_settings
     from llmaas.workers.runner import Worker

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -61,6 +62,16 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 60
     raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
 
 
+def wait_eval(server: LiveServer, key: str, eval_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ev = httpx.get(f"{server.url}/v1/evals/{eval_id}", headers={"Authorization": f"Bearer {key}"}).json()
+        if ev["status"] in ("succeeded", "failed", "cancelled"):
+            return ev
+        time.sleep(0.3)
+    raise AssertionError(f"eval {eval_id} still {ev['status']}")
+
+
 def worker_pids(server: LiveServer) -> list[int]:
     return [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)
             if "worker" in " ".join(p.cmdline())]
@@ -69,9 +80,13 @@ def worker_pids(server: LiveServer) -> list[int]:
 def test_fine_tune_then_chat_with_the_model_at_once(ft_server, tenant):
     tid, c = tenant
     f = c.files.create(file=("sentiment.jsonl", sentiment_rows(48)), purpose="fine-tune")
+    held_out = c.files.create(file=("valid.jsonl", rows("rotten_tomatoes", "valid", 16)), purpose="evals")
     job = c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, suffix="sent", seed=3, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8,
-                                                                 "learning_rate_multiplier": 5}}})
+                                                                 "learning_rate_multiplier": 5}}},
+        extra_body={"eval": {"file_id": held_out.id, "task": {
+            "type": "classification", "labels": ["positive", "negative"],
+            "system": "Classify the sentiment of the movie review as positive or negative."}}})
     done = wait_for(c, job.id, ("succeeded", "failed", "cancelled"))
     t_done = time.monotonic()
     assert done.status == "succeeded", done.error
@@ -105,6 +120,17 @@ def test_fine_tune_then_chat_with_the_model_at_once(ft_server, tenant):
     usage = ft_server.admin("GET", "/usage", params={"tenant_id": tid, "group_by": "endpoint"})["data"]
     training = [u for u in usage if u["endpoint"] == "fine_tuning.jobs"]
     assert training and training[0]["prompt_tokens"] == done.trained_tokens
+    # the eval the job asked for runs on the model and its checkpoints; results land in the job and lineage
+    eval_id = c.fine_tuning.jobs.retrieve(job.id).model_extra["eval_id"]
+    ev = wait_eval(ft_server, c.api_key, eval_id)
+    assert ev["status"] == "succeeded", ev["error"]
+    assert set(ev["model"]) == {done.fine_tuned_model, *(ck.fine_tuned_model_checkpoint for ck in ckpts)}
+    evals = c.models.retrieve(done.fine_tuned_model).model_extra["lineage"]["evals"]
+    assert evals[-1]["eval_id"] == eval_id and 0 <= evals[-1]["metrics"]["macro_f1"] <= 1
+    ck_metrics = c.fine_tuning.jobs.checkpoints.list(job.id).data[0].metrics.model_extra
+    assert "eval_accuracy" in ck_metrics and "eval_macro_f1" in ck_metrics
+    assert any(e.type == "metrics" and eval_id in e.message
+               for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data)
     # another tenant can neither see nor use it
     t2 = ft_server.admin("POST", "/tenants", json={"name": "other-" + uuid.uuid4().hex[:6]})["id"]
     other = ft_server.client(api_key=ft_server.admin("POST", f"/tenants/{t2}/keys", json={})["key"])

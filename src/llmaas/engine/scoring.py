@@ -4,16 +4,18 @@ A classification row asks "how likely is each label after this prompt?": one pre
 continuations. The scoring context keeps each continuation in its own KV stream (llama.cpp's
 non-unified cache): with a unified cache a sequence's logits depend on the other sequences in its batch
 (measured here: up to ~1 in a logit), so an eval's numbers would depend on how its rows were packed.
-A decode call holds many items. Phase 1 prefills every item's prefix once, on the stream of its first
-continuation; its KV is then copied to the streams of the other continuations (llama_memory_seq_cp),
-and phase 2 decodes all continuation tokens. So a prompt costs one prefill whatever the label count.
+A decode call holds many items. Phase 0 prefills the prefix they all share (an eval's system prompt
+and instructions) once and copies it to every item's stream; phase 1 prefills the rest of each item's
+prefix on the stream of its first continuation, whose KV is then copied to the streams of the other
+continuations (llama_memory_seq_cp); phase 2 decodes all continuation tokens. So a prompt costs one
+prefill whatever the label count, and a template's instructions one per decode.
 Backend-independent planning lives here; runners do the decoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SCORE_SEQS = 16  # KV streams in the scoring context: continuations scored per decode
 SCORE_SEQ_TOKENS = 512  # KV cells per stream; a longer prefix + continuation is scored alone
@@ -63,6 +65,7 @@ class Plan:
     rest: dict[tuple[int, int], list[int]]
     streams: dict[tuple[int, int], int]
     copies: list[tuple[int, int]]
+    owners: list[int | None] = field(default_factory=list)  # the stream holding each item's prefix
 
 
 def _put(batch, n: int, token: int, pos: int, stream: int, want: bool) -> int:
@@ -71,8 +74,30 @@ def _put(batch, n: int, token: int, pos: int, stream: int, want: bool) -> int:
     return n + 1
 
 
-def fill_prefixes(batch, group: list[ScoreItem]) -> Plan:
-    """Phase 1: each prefix on the stream of its first non-empty continuation; logits at its last token."""
+def common_prefix(items: list[ScoreItem]) -> int:
+    """Length of the prefix every item shares (a system prompt, a template's instructions), leaving each
+    item at least its last prefix token to decode."""
+    if not items:
+        return 0
+    first, n = items[0].prefix, min(len(it.prefix) for it in items) - 1
+    for it in items[1:]:
+        p = it.prefix
+        while n > 0 and p[:n] != first[:n]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+    return max(n, 0)
+
+
+def fill_shared(batch, tokens: list[int]) -> None:
+    """Phase 0: the prefix all items share, once, on stream 0 (then copied to every item's stream)."""
+    n = 0
+    for p, t in enumerate(tokens):
+        n = _put(batch, n, t, p, 0, p == len(tokens) - 1)
+    batch.n_tokens = n
+
+
+def fill_prefixes(batch, group: list[ScoreItem], shared: int = 0) -> Plan:
+    """Phase 1: each prefix (after the first `shared` tokens, already in the KV cache) on the stream of its
+    first non-empty continuation; logits at its last token."""
     n, stream = 0, 0
     plan = Plan([], {}, {}, [])
     for k, it in enumerate(group):
@@ -85,8 +110,10 @@ def fill_prefixes(batch, group: list[ScoreItem]) -> Plan:
                 else:
                     plan.copies.append((own, stream))
                 stream += 1
-        for p, t in enumerate(it.prefix):
-            n = _put(batch, n, t, p, own if own is not None else 0, p == len(it.prefix) - 1 and own is not None)
+        plan.owners.append(own)
+        for p in range(shared, len(it.prefix)):
+            n = _put(batch, n, it.prefix[p], p, own if own is not None else 0,
+                     p == len(it.prefix) - 1 and own is not None)
         plan.first.append(n - 1)
     batch.n_tokens = n
     return plan

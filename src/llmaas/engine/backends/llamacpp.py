@@ -28,8 +28,10 @@ from llmaas.engine.scoring import (
     SCORE_SEQ_TOKENS,
     SCORE_SEQS,
     ScoreItem,
+    common_prefix,
     fill_continuations,
     fill_prefixes,
+    fill_shared,
     pack,
 )
 from llmaas.engine.types import SamplingParams
@@ -369,9 +371,9 @@ class LlamaCppRunner:
             L.llama_batch_free(batch)
 
     def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
-        """Batched scoring (evals), in two decodes per group of items: prefixes once, then every
-        continuation on its own KV stream (see llmaas.engine.scoring). Items that do not fit a stream
-        are scored with `score`, one continuation at a time."""
+        """Batched scoring (evals), in up to three decodes per group of items: the prefix all items of the
+        call share, each item's prefix, then every continuation on its own KV stream (see
+        llmaas.engine.scoring). Items that do not fit a stream are scored with `score`, one at a time."""
         L = self.L
         out: list[list[list[float]]] = [[[] for _ in it.continuations] for it in items]
         batched = [i for i, it in enumerate(items) if it.fits()]
@@ -384,11 +386,19 @@ class LlamaCppRunner:
         ctx = self._score_ctx
         mem = L.llama_get_memory(ctx) if ctx else None
         batch = L.llama_batch_init(SCORE_BATCH, 0, 1) if batched else None
+        # Shared by every item of the call (not of a group) so that a row's numbers do not depend on its group.
+        shared = common_prefix([items[i] for i in batched]) if len(batched) > 1 else 0
         try:
             for idx in pack(items, batched, SCORE_SEQS, SCORE_BATCH):
                 group = [items[i] for i in idx]
                 L.llama_memory_clear(mem, True)
-                plan = fill_prefixes(batch, group)
+                if shared:
+                    fill_shared(batch, group[0].prefix[:shared])
+                    self._decode_side(ctx, batch, adapter, "scoring")
+                plan = fill_prefixes(batch, group, shared)
+                for own in plan.owners:
+                    if shared and own:
+                        L.llama_memory_seq_cp(mem, 0, own, -1, -1)
                 self._decode_side(ctx, batch, adapter, "scoring")
                 first = [self._logprobs(ctx, row) for row in plan.first]
                 for src, dst in plan.copies:
