@@ -14,10 +14,14 @@ warm-up on the first rows:
   batching, no prefix sharing): what batching buys.
 - **peer**: `llama_cpp.Llama(logits_all=True)`; per row and label `reset()`, `eval(prefix + label)`, then the sum
   of log_softmax(scores[i - 1])[token] over the label's tokens: the same token ids, only the scoring differs.
+  Its flash_attn is off by default (llama-cpp-python's default); llmaas's contexts use llama.cpp's default (auto:
+  on, on CPU), which moves a label's log-probability by up to ~0.8 here. `--peer-flash-attn on` gives the peer
+  exactly the numbers of "llmaas unbatched"; `both` runs the two peers (ratios are against the "off" one).
 
     .venv/bin/python bench/evals.py                              # rotten_tomatoes, 200 rows (~2 min on 2 cores)
     .venv/bin/python bench/evals.py --dataset bbc_news --rows 100
-    .venv/bin/python bench/evals.py --rows 32 --skip-unbatched   # smoke run
+    .venv/bin/python bench/evals.py --rows 32 --skip-unbatched   # smoke run (~20 s)
+    .venv/bin/python bench/evals.py --peer-flash-attn both       # also the peer with flash attention
 
 Reported per contender: rows/s, wall s, accuracy, agreement of its predictions with the peer's, and the largest
 difference of a label's summed log-probability from the peer's. Results: bench/results/evals.json
@@ -41,7 +45,7 @@ from llmaas.core.config import Settings
 from llmaas.engine.backends.llamacpp import resolve_model
 from llmaas.engine.factory import build_engine
 from llmaas.engine.scoring import ScoreItem
-from llmaas.evals.runner import ModelRun
+from llmaas.evals.runner import ModelRun, shared_prompt
 from llmaas.evals.tasks import Row, Tokens, read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +89,8 @@ async def run_llmaas(a: argparse.Namespace, task: dict, labels: list[str], rows:
         async def on_batch(results: list[tuple[int, dict]], _p: int, _g: int) -> None:
             collected.update(results)
 
-        run = ModelRun(engine, None, task, labels, a.batch_rows)
+        shared = shared_prompt(engine, rows)  # what the eval worker computes once per eval
+        run = ModelRun(engine, None, task, labels, a.batch_rows, shared)
         await run.run(warm, on_batch, lambda: False)
         collected.clear()
         t0 = time.perf_counter()
@@ -96,11 +101,11 @@ async def run_llmaas(a: argparse.Namespace, task: dict, labels: list[str], rows:
         print(f"  {out[-1]['name']}: {out[-1]['rows_per_s']} rows/s", flush=True)
 
         # 2. score_many on prebuilt items, 16 rows per call
-        await engine.score_many(items[:WARMUP_ROWS])
+        await engine.score_many(items[:WARMUP_ROWS], None, shared)
         t0 = time.perf_counter()
         scores = []
         for s in range(0, len(items), a.batch_rows):
-            scores += await engine.score_many(items[s: s + a.batch_rows])
+            scores += await engine.score_many(items[s: s + a.batch_rows], None, shared)
         wall = time.perf_counter() - t0
         out.append(summary("llmaas score_many", wall, [[sum(lp) for lp in sc] for sc in scores], labels, rows))
         print(f"  {out[-1]['name']}: {out[-1]['rows_per_s']} rows/s", flush=True)
@@ -120,10 +125,12 @@ async def run_llmaas(a: argparse.Namespace, task: dict, labels: list[str], rows:
     return out, items
 
 
-def run_peer(a: argparse.Namespace, path: str, items: list[ScoreItem], labels: list[str], rows: list[Row]) -> dict:
+def run_peer(a: argparse.Namespace, path: str, items: list[ScoreItem], labels: list[str], rows: list[Row],
+             flash_attn: bool) -> dict:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_ctx=2048, n_threads=a.threads, n_batch=512, logits_all=True, verbose=False)
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=a.threads, n_batch=512, logits_all=True, verbose=False,
+                flash_attn=flash_attn)
 
     def score(it: ScoreItem) -> list[float]:
         sums = []
@@ -145,7 +152,7 @@ def run_peer(a: argparse.Namespace, path: str, items: list[ScoreItem], labels: l
     sums = [score(it) for it in items]
     wall = time.perf_counter() - t0
     llm.close()
-    return summary("peer: llama-cpp-python Llama", wall, sums, labels, rows)
+    return summary("peer: Llama" + (" (flash_attn)" if flash_attn else ""), wall, sums, labels, rows)
 
 
 def main() -> None:
@@ -155,6 +162,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-rows", type=int, default=Settings.model_fields["eval_batch_rows"].default)
     ap.add_argument("--skip-unbatched", action="store_true", help="leave out the 'llmaas unbatched' contender")
+    ap.add_argument("--peer-flash-attn", choices=["off", "on", "both"], default="off",
+                    help="the peer's flash_attn (llama-cpp-python's default: off; llmaas's contexts use llama.cpp's "
+                         "default, auto = on for CPU); with 'both' the off one is the reference for ratios")
     ap.add_argument("--output", type=Path, default=RESULTS / "evals.json")
     a = ap.parse_args()
 
@@ -167,11 +177,13 @@ def main() -> None:
           f"load average {load0[0]:.2f}", flush=True)
 
     results, items = asyncio.run(run_llmaas(a, task, labels, rows))
-    results.append(run_peer(a, str(path), items, labels, rows))
-    print(f"  {results[-1]['name']}: {results[-1]['rows_per_s']} rows/s", flush=True)
+    n_ours = len(results)
+    for fa in {"off": [False], "on": [True], "both": [False, True]}[a.peer_flash_attn]:
+        results.append(run_peer(a, str(path), items, labels, rows, fa))
+        print(f"  {results[-1]['name']}: {results[-1]['rows_per_s']} rows/s", flush=True)
     load1 = os.getloadavg()
 
-    peer = results[-1]
+    peer = results[n_ours]
     for r in results:
         r["agreement_with_peer"] = round(sum(
             p == q for p, q in zip(r["predictions"], peer["predictions"], strict=True)) / len(rows), 4)
@@ -185,11 +197,12 @@ def main() -> None:
     for r in results:
         print(f"{r['name']:32} {r['rows_per_s']:8.2f} {r['wall_s']:8.2f} {r['accuracy']:9.3f} "
               f"{r['agreement_with_peer']:7.3f} {r['max_abs_logprob_diff_vs_peer']:10.4f} {r['ratio_vs_peer']:6.2f}x")
-    print(f"ratio llmaas eval / peer = {results[0]['ratio_vs_peer']:.2f}x")
+    print(f"ratio llmaas eval / {peer['name']} = {results[0]['ratio_vs_peer']:.2f}x")
 
     doc = {
         "config": {"dataset": a.dataset, "rows": len(rows), "labels": labels, "prompt_template": template,
                    "threads": a.threads, "batch_rows": a.batch_rows, "warmup_rows": WARMUP_ROWS,
+                   "peer_flash_attn": a.peer_flash_attn, "reference_peer": peer["name"],
                    "model": model_id, "gguf": str(path), "tokens": tokens},
         "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                 "llama_cpp_python": version("llama-cpp-python"), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -13,7 +13,7 @@ import pytest
 import llmaas.engine.backends.llamacpp as llamacpp
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
-from llmaas.engine.scoring import ScoreItem
+from llmaas.engine.scoring import ScoreItem, common_prefix
 from tests.lora_fixtures import write_random_lora
 
 pytestmark = pytest.mark.integration
@@ -49,14 +49,20 @@ def flat(scores) -> np.ndarray:
 
 
 def test_batch_invariant(runner, items, monkeypatch):
-    together = runner.score_many(items)
-    assert flat(runner.score_many(items[::-1])[::-1]).tolist() == flat(together).tolist()
+    shared = common_prefix([it.prefix for it in items])
+    assert len(shared) > 10  # the system prompt and "Review:"
+    together = runner.score_many(items, shared=shared)
+    assert flat(runner.score_many(items[::-1], shared=shared)[::-1]).tolist() == flat(together).tolist()
+    one_by_one = [runner.score_many([it], shared=shared)[0] for it in items]  # a last batch may hold one row
+    assert flat(one_by_one).tolist() == flat(together).tolist()
     monkeypatch.setattr(llamacpp, "SCORE_SEQS", 4)  # other groups: 2 rows per decode instead of 8
-    assert flat(runner.score_many(items)).tolist() == flat(together).tolist()
+    assert flat(runner.score_many(items, shared=shared)).tolist() == flat(together).tolist()
+    plain = runner.score_many(items)  # without a shared prefix: each prompt prefilled whole, also invariant
+    assert flat(runner.score_many(items[::-1])[::-1]).tolist() == flat(plain).tolist()
 
 
 def test_agrees_with_scoring_one_continuation_at_a_time(runner, items):
-    batched = runner.score_many(items)
+    batched = runner.score_many(items, shared=common_prefix([it.prefix for it in items]))
     alone = [[runner.score(it.prefix + c, len(it.prefix)) for c in it.continuations] for it in items]
     b, a = flat(batched).reshape(-1, 2), flat(alone).reshape(-1, 2)
     # llama.cpp's CPU numerics depend on how a prompt is chunked into decodes (as with prefix caching in

@@ -30,8 +30,10 @@ class Engine(Protocol):
     async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         """Log-likelihood of tokens[start:], token by token (under LoRA adapter `adapter` if given)."""
 
-    async def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
-        """Batched `score`: per item and continuation, log-probabilities of its tokens given the prefix."""
+    async def score_many(self, items: list[ScoreItem], adapter: str | None = None,
+                         shared: list[int] | None = None) -> list[list[list[float]]]:
+        """Batched `score`: per item and continuation, log-probabilities of its tokens given the prefix
+        (`shared`: a prefix many items start with, prefilled once per decode)."""
 
     # LoRA adapters on this base model, served concurrently with it. A request names one with
     # GenerationRequest.adapter; unknown names raise AdapterNotFoundError (404 model_not_found).

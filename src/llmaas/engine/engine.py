@@ -148,10 +148,12 @@ class BatchingEngine:
         async with self._pinned(adapter):
             return await asyncio.to_thread(self._side, self.runner.score, tokens, start, adapter)
 
-    async def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
-        """Per item and continuation, the log-probabilities of its tokens given the item's prefix (batched)."""
+    async def score_many(self, items: list[ScoreItem], adapter: str | None = None,
+                         shared: list[int] | None = None) -> list[list[list[float]]]:
+        """Per item and continuation, the log-probabilities of its tokens given the item's prefix (batched;
+        `shared`: a prefix many items start with, e.g. an eval's instructions, prefilled once per decode)."""
         async with self._pinned(adapter):
-            return await asyncio.to_thread(self._side, self.runner.score_many, items, adapter)
+            return await asyncio.to_thread(self._side, self.runner.score_many, items, adapter, shared)
 
     # -- LoRA adapters -------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str) -> None:

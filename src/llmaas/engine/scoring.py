@@ -4,11 +4,11 @@ A classification row asks "how likely is each label after this prompt?": one pre
 continuations. The scoring context keeps each continuation in its own KV stream (llama.cpp's
 non-unified cache): with a unified cache a sequence's logits depend on the other sequences in its batch
 (measured here: up to ~1 in a logit), so an eval's numbers would depend on how its rows were packed.
-A decode call holds many items. Phase 0 prefills the prefix they all share (an eval's system prompt
-and instructions) once and copies it to every item's stream; phase 1 prefills the rest of each item's
-prefix on the stream of its first continuation, whose KV is then copied to the streams of the other
-continuations (llama_memory_seq_cp); phase 2 decodes all continuation tokens. So a prompt costs one
-prefill whatever the label count, and a template's instructions one per decode.
+A decode call holds many items. Phase 0 prefills a prefix they share (an eval's system prompt and
+instructions, given by the caller for the whole eval) once and copies it to every item's stream;
+phase 1 prefills the rest of each item's prefix on the stream of its first continuation, whose KV is
+then copied to the streams of the other continuations (llama_memory_seq_cp); phase 2 decodes all
+continuation tokens. So a prompt costs one prefill whatever the label count.
 Backend-independent planning lives here; runners do the decoding.
 """
 
@@ -74,17 +74,20 @@ def _put(batch, n: int, token: int, pos: int, stream: int, want: bool) -> int:
     return n + 1
 
 
-def common_prefix(items: list[ScoreItem]) -> int:
-    """Length of the prefix every item shares (a system prompt, a template's instructions), leaving each
-    item at least its last prefix token to decode."""
-    if not items:
-        return 0
-    first, n = items[0].prefix, min(len(it.prefix) for it in items) - 1
-    for it in items[1:]:
-        p = it.prefix
-        while n > 0 and p[:n] != first[:n]:
-            n = next((i for i in range(n) if p[i] != first[i]), n)
-    return max(n, 0)
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with, leaving each at least one token of its own: what an eval's
+    rows share (system prompt, instructions), computed once per eval so every row is split the same way."""
+    if not prompts:
+        return []
+    first, n = prompts[0], min(map(len, prompts)) - 1
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return first[: max(n, 0)]
+
+
+def starts_with(prefix: list[int], shared: list[int]) -> bool:
+    """Whether an item can reuse `shared`: it starts with it and has at least one token after it."""
+    return len(prefix) > len(shared) and prefix[: len(shared)] == shared
 
 
 def fill_shared(batch, tokens: list[int]) -> None:

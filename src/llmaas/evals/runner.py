@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from llmaas.engine.engine import BatchingEngine
-from llmaas.engine.scoring import ScoreItem
+from llmaas.engine.scoring import ScoreItem, common_prefix
 from llmaas.engine.types import GenerationRequest, SamplingParams
 from llmaas.evals import metrics
 from llmaas.evals.tasks import Row, TaskError, Tokens
@@ -30,6 +30,7 @@ class ModelRun:
     task: dict
     labels: list[str]
     batch_rows: int
+    shared: list[int] | None = None  # prompt tokens the eval's rows share (see shared_prompt)
 
     def _tokens(self) -> Tokens:
         return Tokens(self.engine.tokenize_chat, set(self.engine.runner.eog_tokens()))
@@ -62,7 +63,7 @@ class ModelRun:
                 continue
             items.append(ScoreItem(prefix, conts))
             kept.append(r)
-        scores = await self.engine.score_many(items, self.adapter) if items else []
+        scores = await self.engine.score_many(items, self.adapter, self.shared) if items else []
         mean = self.task.get("normalization") == "mean"
         for r, per_label in zip(kept, scores, strict=True):
             sums = [sum(lp) for lp in per_label]
@@ -99,7 +100,8 @@ class ModelRun:
         ok = [i for i, (p, ref) in enumerate(zip(prompts, refs, strict=True))
               if not self._too_long(len(p) + max(len(ref), 1))]
         gens = await asyncio.gather(*(one(prompts[i]) for i in ok))
-        scores = await self.engine.score_many([ScoreItem(prompts[i], [refs[i]]) for i in ok], self.adapter)
+        scores = await self.engine.score_many([ScoreItem(prompts[i], [refs[i]]) for i in ok], self.adapter,
+                                              self.shared)
         out = [(r.idx, {"input": r.preview(), "reference": r.answer,
                         **(self._too_long(len(prompts[i]) + len(refs[i])) or {})})
                for i, r in enumerate(rows) if i not in ok]
@@ -128,7 +130,7 @@ class ModelRun:
                 continue
             items += turn_items
             owner += [r] * len(turn_items)
-        scores = await self.engine.score_many(items, self.adapter) if items else []
+        scores = await self.engine.score_many(items, self.adapter, self.shared) if items else []
         for r, sc in zip(owner, scores, strict=True):
             d = out.setdefault(r.idx, {"input": r.preview(), "nll": 0.0, "tokens": 0})
             d["nll"] -= sum(sc[0])
@@ -137,6 +139,12 @@ class ModelRun:
             if "tokens" in d:
                 d["loss"] = d["nll"] / max(1, d["tokens"])
         return sorted(out.items(), key=lambda x: x[0]), sum(it.n_tokens for it in items), 0
+
+
+def shared_prompt(engine: BatchingEngine, rows: list[Row], n: int = 64) -> list[int]:
+    """The prompt tokens the eval's first `n` rows share (system prompt, template instructions): computed
+    once per eval, from the file, so each row is scored the same way however rows are batched or resumed."""
+    return common_prefix([engine.tokenize_chat(r.prompt) for r in rows[:n]])
 
 
 def summarize(task: dict, labels: list[str], items: list[dict]) -> dict:

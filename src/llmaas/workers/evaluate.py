@@ -14,7 +14,7 @@ from llmaas.control.db.models import TenantModel
 from llmaas.control.metering import UsageEvent
 from llmaas.core.errors import LlmaasError
 from llmaas.evals.metrics import flatten_metrics
-from llmaas.evals.runner import ModelRun, summarize
+from llmaas.evals.runner import ModelRun, shared_prompt, summarize
 from llmaas.evals.tasks import Row, TaskError, label_set, read_rows
 from llmaas.workers.runner import JobContext, JobFailed, model_spec
 
@@ -83,8 +83,8 @@ async def _evaluate(ctx: JobContext, rows: list[Row], labels: list[str], results
             if adapter is not None:
                 await engine.ensure_adapter(adapter, path)
             ctx.state["model"] = model
-            outcome = await _evaluate_model(ctx, ModelRun(engine, adapter, task, labels, ctx.settings.eval_batch_rows),
-                                            model, rows, labels)
+            run = ModelRun(engine, adapter, task, labels, ctx.settings.eval_batch_rows, shared_prompt(engine, rows))
+            outcome = await _evaluate_model(ctx, run, model, rows, labels)
             if outcome != "done":
                 return outcome
             results[model] = await asyncio.to_thread(_finish_model, ctx, model, labels, len(rows))

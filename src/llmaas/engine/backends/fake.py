@@ -162,7 +162,8 @@ class FakeRunner:
     def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         return [-1.0 - self._shift(adapter) for _ in tokens[max(start, 1):]]
 
-    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None,
+                   shared: list[int] | None = None) -> list[list[list[float]]]:
         return score_one_by_one(lambda toks, start: self.score(toks, start, adapter), items)
 
     def close(self) -> None:

@@ -28,11 +28,11 @@ from llmaas.engine.scoring import (
     SCORE_SEQ_TOKENS,
     SCORE_SEQS,
     ScoreItem,
-    common_prefix,
     fill_continuations,
     fill_prefixes,
     fill_shared,
     pack,
+    starts_with,
 )
 from llmaas.engine.types import SamplingParams
 
@@ -370,10 +370,12 @@ class LlamaCppRunner:
         finally:
             L.llama_batch_free(batch)
 
-    def score_many(self, items: list[ScoreItem], adapter: str | None = None) -> list[list[list[float]]]:
-        """Batched scoring (evals), in up to three decodes per group of items: the prefix all items of the
-        call share, each item's prefix, then every continuation on its own KV stream (see
-        llmaas.engine.scoring). Items that do not fit a stream are scored with `score`, one at a time."""
+    def score_many(self, items: list[ScoreItem], adapter: str | None = None,
+                   shared: list[int] | None = None) -> list[list[list[float]]]:
+        """Batched scoring (evals), in up to three decodes per group of items: `shared` (a prefix the
+        caller knows many items start with), the rest of each item's prefix, then every continuation on its
+        own KV stream (see llmaas.engine.scoring). Items that do not fit a stream are scored with `score`,
+        one at a time."""
         L = self.L
         out: list[list[list[float]]] = [[[] for _ in it.continuations] for it in items]
         batched = [i for i, it in enumerate(items) if it.fits()]
@@ -386,18 +388,20 @@ class LlamaCppRunner:
         ctx = self._score_ctx
         mem = L.llama_get_memory(ctx) if ctx else None
         batch = L.llama_batch_init(SCORE_BATCH, 0, 1) if batched else None
-        # Shared by every item of the call (not of a group) so that a row's numbers do not depend on its group.
-        shared = common_prefix([items[i] for i in batched]) if len(batched) > 1 else 0
+        # Whether an item uses `shared` depends on the item alone, so its numbers do not depend on its batch.
+        use = [i for i in batched if shared and starts_with(items[i].prefix, shared)]
+        rest = [i for i in batched if not (shared and starts_with(items[i].prefix, shared))]
         try:
-            for idx in pack(items, batched, SCORE_SEQS, SCORE_BATCH):
+            for idx, n_shared in [(g, len(shared or ())) for g in pack(items, use, SCORE_SEQS, SCORE_BATCH)] + \
+                    [(g, 0) for g in pack(items, rest, SCORE_SEQS, SCORE_BATCH)]:
                 group = [items[i] for i in idx]
                 L.llama_memory_clear(mem, True)
-                if shared:
-                    fill_shared(batch, group[0].prefix[:shared])
+                if n_shared:
+                    fill_shared(batch, group[0].prefix[:n_shared])
                     self._decode_side(ctx, batch, adapter, "scoring")
-                plan = fill_prefixes(batch, group, shared)
+                plan = fill_prefixes(batch, group, n_shared)
                 for own in plan.owners:
-                    if shared and own:
+                    if n_shared and own:
                         L.llama_memory_seq_cp(mem, 0, own, -1, -1)
                 self._decode_side(ctx, batch, adapter, "scoring")
                 first = [self._logprobs(ctx, row) for row in plan.first]
