@@ -166,3 +166,18 @@ def test_eval_survives_kill_9_of_its_worker_and_is_isolated(ev_server, tenant):
     for path in ("", "/items", "/events"):
         assert other.http.get(f"/evals/{ev['id']}{path}").status_code == 404
     assert other.http.get("/evals").json()["data"] == []
+
+
+def test_cancel_stops_a_running_eval_within_a_batch(ev_server, tenant):
+    ev = tenant.create(file_id=tenant.upload(lines("rotten_tomatoes", "train", 400)),
+                       task={"type": "classification", "prompt_template": TEMPLATE})
+    deadline = time.monotonic() + 300
+    while (tenant.http.get(f"/evals/{ev['id']}").json()["progress"]["rows_done"] or 0) < 16:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert tenant.http.post(f"/evals/{ev['id']}/cancel").status_code == 200
+    done = tenant.wait(ev["id"], timeout=120)
+    assert done["status"] == "cancelled" and done["progress"]["rows_done"] < 400
+    small = tenant.create(file_id=tenant.upload(lines("rotten_tomatoes", "valid", 8)),
+                          task={"type": "classification", "prompt_template": TEMPLATE})
+    assert tenant.wait(small["id"], timeout=300)["status"] == "succeeded"  # the worker is free again

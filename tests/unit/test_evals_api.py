@@ -161,3 +161,19 @@ def test_cancel_and_isolation(env):
     cancelled = c.post(f"/v1/evals/{ev['id']}/cancel", headers=bearer(one)).json()
     assert cancelled["status"] == "cancelled"
     assert c.post(f"/v1/evals/{ev['id']}/cancel", headers=bearer(one)).status_code == 400
+
+
+def test_eval_cost_is_reserved_and_metered(env):
+    c, keys, upload, data_dir = env
+    a = Admin(c)
+    poor = a.key(a.tenant("poor", budget_usd="0.00001"))[1]
+    ev = create(c, poor, file_id=upload(poor, jsonl(ROWS)), task={"type": "classification"})
+    run_worker(data_dir)
+    ev = c.get(f"/v1/evals/{ev['id']}", headers=bearer(poor)).json()
+    assert ev["status"] == "failed" and ev["error"]["code"] == "insufficient_quota", ev
+    k = keys["one"]
+    ev = create(c, k, file_id=upload(k, jsonl(ROWS)), task={"type": "classification"})
+    run_worker(data_dir)
+    assert c.get(f"/v1/evals/{ev['id']}", headers=bearer(k)).json()["status"] == "succeeded"
+    usage = c.get("/v1/usage", headers=bearer(k), params={"group_by": "model"}).json()
+    assert usage["totals"]["prompt_tokens"] > 30 * 10 and float(usage["totals"]["cost_usd"]) > 0, usage
