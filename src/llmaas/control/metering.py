@@ -134,11 +134,24 @@ class Meter:
             if stop:
                 return
 
+    def write_now(self, ev: UsageEvent) -> None:
+        """Write one event in the caller's thread (background jobs: their usage is on record before they
+        report success); handed to the background writer if that fails."""
+        if not self._commit([ev], {}):
+            self.submit(ev)
+
     def _write(self) -> bool:
         events, self._pending = self._pending[: self.batch], self._pending[self.batch:]
         used = self._last_used() if self._last_used else {}
         if not events and not used:
             return True
+        if not self._commit(events, used):
+            self._pending = events + self._pending
+            time.sleep(min(1.0, self.interval_s * 4))
+            return False
+        return True
+
+    def _commit(self, events: list[UsageEvent], used: dict[str, datetime]) -> bool:
         alerts: list[Hold] = []
         try:
             with self.db.write_lock, self.db.engine.begin() as conn:
@@ -157,8 +170,6 @@ class Meter:
                         s.flush()
         except Exception:
             log.exception("writing %d usage records failed; will retry", len(events))
-            self._pending = events + self._pending
-            time.sleep(min(1.0, self.interval_s * 4))
             return False
         for h in alerts:
             log.warning("budget alert: %s %s has spent over %.0f%% of its %s USD budget", h.scope, h.scope_id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from llmaas.control import evals as svc
 from llmaas.control.clock import utcnow
@@ -127,8 +128,8 @@ async def _evaluate_model(ctx: JobContext, run: ModelRun, model: str, rows: list
     try:
         finished = await run.run(todo, on_batch, ctx.should_stop)
     finally:
-        ctx.meter.submit(UsageEvent(
-            request_id=f"{job.id}:{model}:{int(time.time())}", tenant_id=job.tenant_id, key_id=job.key_id,
+        ctx.meter.write_now(UsageEvent(
+            request_id=f"{job.id}-{uuid.uuid4().hex[:16]}", tenant_id=job.tenant_id, key_id=job.key_id,
             model=model, endpoint="evals", prompt_tokens=used["prompt"], completion_tokens=used["completion"],
             cached_tokens=0, cost_pico=price.cost(used["prompt"], used["completion"]),
             latency_ms=(time.monotonic() - started) * 1000, status="ok", at=utcnow(), holds=holds))

@@ -204,7 +204,7 @@ def _reserve_budget(ctx: JobContext, rows: list[dict], epochs: int):
 
 def _meter(ctx: JobContext, holds, price, trained_tokens: int) -> None:
     job = ctx.job
-    ctx.meter.submit(UsageEvent(
+    ctx.meter.write_now(UsageEvent(
         request_id=job.id, tenant_id=job.tenant_id, key_id=job.key_id, model=job.spec["model"],
         endpoint="fine_tuning.jobs", prompt_tokens=trained_tokens, completion_tokens=0, cached_tokens=0,
         cost_pico=trained_tokens * price.training_pico, latency_ms=0.0, status="ok", at=utcnow(), holds=holds))
