@@ -45,6 +45,7 @@ class UsageEvent:
     status: str  # ok | error | cancelled
     at: datetime
     holds: list[Hold] = field(default_factory=list)
+    attempts: int = 0  # failed writes of this record while the database was working
 
     def row(self) -> dict:
         return {"request_id": self.request_id, "tenant_id": self.tenant_id, "key_id": self.key_id,
@@ -52,6 +53,9 @@ class UsageEvent:
                 "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
                 "cost_pico": self.cost_pico, "latency_ms": self.latency_ms, "status": self.status,
                 "created_at": self.at, "day": self.at.date().isoformat()}
+
+
+_MAX_ATTEMPTS = 3  # a record that fails alone this often, while others are written, is dropped (logged)
 
 
 class Meter:
@@ -67,6 +71,7 @@ class Meter:
         self._next_periodic = time.monotonic() + periodic_s
         self._thread: threading.Thread | None = None
         self.written = 0
+        self.dropped = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmaas-meter", daemon=True)
@@ -145,11 +150,22 @@ class Meter:
         used = self._last_used() if self._last_used else {}
         if not events and not used:
             return True
-        if not self._commit(events, used):
-            self._pending = events + self._pending
-            time.sleep(min(1.0, self.interval_s * 4))
-            return False
-        return True
+        if self._commit(events, used):
+            return True
+        # One bad record must not block the others: if the database itself works (an empty transaction
+        # commits), write the records one by one; those that still fail are bad, dropped after a few tries.
+        if self._commit([], {}):
+            failed = [e for e in events if not self._commit([e], {})] if len(events) > 1 else list(events)
+            for e in failed:
+                e.attempts += 1
+                if e.attempts >= _MAX_ATTEMPTS:
+                    log.error("dropping usage record %s after %d failed writes: %s", e.request_id, e.attempts, e)
+                    self.dropped += 1
+            self._pending = [e for e in failed if e.attempts < _MAX_ATTEMPTS] + self._pending
+            return not self._pending
+        self._pending = events + self._pending  # the database is down: keep everything, retry
+        time.sleep(min(1.0, self.interval_s * 4))
+        return False
 
     def _commit(self, events: list[UsageEvent], used: dict[str, datetime]) -> bool:
         alerts: list[Hold] = []
