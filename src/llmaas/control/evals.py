@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import EvalItem, Job, JobCheckpoint, StoredFile, TenantModel
-from llmaas.control.jobs import ACTIVE
+from llmaas.control.jobs import newest_first, request_cancel
 from llmaas.control.principal import SPENDERS, Context
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -88,22 +88,13 @@ def get(s: Session, ctx: Context, eval_id: str) -> Job:
 
 
 def list_evals(s: Session, ctx: Context, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
-    stmt = select(Job).where(Job.kind == KIND, Job.tenant_id == ctx.principal.tenant_id)
-    if after:
-        cur = get(s, ctx, after)
-        stmt = stmt.where((Job.created_at < cur.created_at) | ((Job.created_at == cur.created_at) & (Job.id < cur.id)))
-    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit)
 
 
 def cancel(s: Session, ctx: Context, eval_id: str) -> Job:
     j = get(s, ctx, eval_id)
     ctx.principal.require(*SPENDERS)
-    if j.status not in ACTIVE:
-        raise InvalidRequestError(f"Eval {eval_id} is {j.status} and cannot be cancelled.", param="eval_id")
-    j.cancel_requested = True
-    s.flush()
-    return j
+    return request_cancel(s, j, f"Eval {eval_id}", "eval_id")
 
 
 def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: int | None,

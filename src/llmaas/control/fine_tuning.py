@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
 from llmaas.control.evals import check_file
-from llmaas.control.jobs import ACTIVE
+from llmaas.control.jobs import newest_first, request_cancel
 from llmaas.control.principal import SPENDERS, Context
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -116,25 +116,16 @@ def get(s: Session, ctx: Context, job_id: str) -> Job:
 
 def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
               metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
-    stmt = select(Job).where(Job.kind == KIND, Job.tenant_id == ctx.principal.tenant_id)
-    if after:
-        cur = get(s, ctx, after)
-        stmt = stmt.where((Job.created_at < cur.created_at) | ((Job.created_at == cur.created_at) & (Job.id < cur.id)))
-    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1 if not metadata
-                                                                                      else 10_000)))
-    if metadata:
-        rows = [j for j in rows if all((j.spec.get("metadata") or {}).get(k) == v for k, v in metadata.items())]
-    return rows[:limit], len(rows) > limit
+    keep = (lambda j: all((j.spec.get("metadata") or {}).get(k) == v for k, v in metadata.items())) \
+        if metadata else None
+    return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit,
+                        keep=keep)
 
 
 def cancel(s: Session, ctx: Context, job_id: str) -> Job:
     j = get(s, ctx, job_id)
     ctx.principal.require(*SPENDERS)
-    if j.status not in ACTIVE:
-        raise InvalidRequestError(f"Job {job_id} is {j.status} and cannot be cancelled.", param="fine_tuning_job_id")
-    j.cancel_requested = True
-    s.flush()
-    return j
+    return request_cancel(s, j, f"Job {job_id}", "fine_tuning_job_id")
 
 
 def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:

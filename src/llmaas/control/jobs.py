@@ -7,14 +7,17 @@ heartbeat reports back, so a running job stops within one step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import Job, JobEvent
+from llmaas.core.errors import InvalidRequestError
 
 PENDING = ("validating_files", "queued")
 ACTIVE = ("validating_files", "queued", "running")
@@ -25,6 +28,30 @@ def _claimable(now):
     # Unowned (new, or handed back by a worker that stopped cleanly), or owned by a worker whose lease lapsed.
     return and_(Job.cancel_requested.is_(False), Job.status.in_(ACTIVE),
                 or_(Job.lease_owner.is_(None), Job.lease_expires_at < now))
+
+
+def newest_first(s: Session, tenant_id: str, kind: str, *, after: Job | None, limit: int,
+                 keep: Callable[[Job], bool] | None = None) -> tuple[list[Job], bool]:
+    """A page of a tenant's jobs of one kind, newest first, after the job `after`; `keep` filters (in Python,
+    so then the whole list is read). Returns (jobs, more)."""
+    stmt = select(Job).where(Job.kind == kind, Job.tenant_id == tenant_id)
+    if after is not None:
+        stmt = stmt.where((Job.created_at < after.created_at)
+                          | ((Job.created_at == after.created_at) & (Job.id < after.id)))
+    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
+                          .limit(limit + 1 if keep is None else 10_000)))
+    if keep is not None:
+        rows = [j for j in rows if keep(j)]
+    return rows[:limit], len(rows) > limit
+
+
+def request_cancel(s: Session, job: Job, what: str, param: str) -> Job:
+    """Flag an active job for cancellation (a worker holding it stops within a step). 400 if it has ended."""
+    if job.status not in ACTIVE:
+        raise InvalidRequestError(f"{what} is {job.status} and cannot be cancelled.", param=param)
+    job.cancel_requested = True
+    s.flush()
+    return job
 
 
 class JobQueue:

@@ -85,10 +85,10 @@ async def _evaluate(ctx: JobContext, rows: list[Row], labels: list[str], results
                 await engine.ensure_adapter(adapter, path)
             ctx.state["model"] = model
             run = ModelRun(engine, adapter, task, labels, ctx.settings.eval_batch_rows, shared_prompt(engine, rows))
-            outcome = await _evaluate_model(ctx, run, model, rows, labels)
+            outcome = await _evaluate_model(ctx, run, model, rows, labels, len(results) * len(rows))
             if outcome != "done":
                 return outcome
-            results[model] = await asyncio.to_thread(_finish_model, ctx, model, labels, len(rows))
+            results[model] = await asyncio.to_thread(_finish_model, ctx, model, labels)
             ctx.queue.set_status(job.id, ctx.worker, "running", state=ctx.state, result={"models": results})
         return "done"
     finally:
@@ -108,11 +108,12 @@ def _estimate(rows: list[Row], task: dict, labels: list[str]) -> tuple[int, int]
     return prompt, len(rows) * int(task.get("max_tokens") or 256) if task["type"] == "generation" else 0
 
 
-async def _evaluate_model(ctx: JobContext, run: ModelRun, model: str, rows: list[Row], labels: list[str]) -> str:
+async def _evaluate_model(ctx: JobContext, run: ModelRun, model: str, rows: list[Row], labels: list[str],
+                          rows_done_before: int) -> str:
     job = ctx.job
     done = await asyncio.to_thread(_done, ctx, model)
     todo = [r for r in rows if r.idx not in done]
-    ctx.state["rows_done"] = ctx.state.get("rows_done_before", 0) + len(done)
+    ctx.state["rows_done"] = rows_done_before + len(done)  # rows of the models already finished, then this one
     if not todo:
         return "done"
     holds, price = await asyncio.to_thread(ctx.reserve, model, *_estimate(todo, job.spec["task"], labels))
@@ -152,7 +153,7 @@ def _save(ctx: JobContext, model: str, items: list[tuple[int, dict]]) -> None:
     ctx.queue.heartbeat(ctx.job.id, ctx.worker, ctx.state)
 
 
-def _finish_model(ctx: JobContext, model: str, labels: list[str], n_rows: int) -> dict:
+def _finish_model(ctx: JobContext, model: str, labels: list[str]) -> dict:
     """Metrics from the stored rows; recorded in the model's lineage and its fine-tune's events."""
     job = ctx.job
     items = list(_done(ctx, model).values())
@@ -163,7 +164,6 @@ def _finish_model(ctx: JobContext, model: str, labels: list[str], n_rows: int) -
     if "rows_per_s" in ctx.state:
         metrics["rows_per_s"] = ctx.state["rows_per_s"]
     summary = flatten_metrics(metrics)
-    ctx.state["rows_done_before"] = ctx.state.get("rows_done_before", 0) + n_rows
     headline = ", ".join(f"{k}={summary[k]:.4f}" for k in _HEADLINE if summary.get(k) is not None)
     ctx.event(f"{model}: {headline}", type_="metrics", data={"model": model, **summary})
     with ctx.queue.db.session() as s:

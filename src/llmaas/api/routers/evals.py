@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.listing import page
 from llmaas.control import evals
 from llmaas.control import fine_tuning as ft
 from llmaas.control.plane import ControlPlane
@@ -16,11 +17,6 @@ router = APIRouter(prefix="/v1/evals", tags=["evals"])
 
 def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "Evals")
-
-
-def _page(items: list[dict], more: bool) -> dict:
-    return {"object": "list", "data": items, "has_more": more,
-            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
 
 
 @router.post("")
@@ -41,7 +37,7 @@ def list_evals(request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=100)) -> dict:
     with _cp(request).db.session() as s:
         rows, more = evals.list_evals(s, ctx, after=after, limit=limit)
-        return _page([evals.eval_dict(j) for j in rows], more)
+        return page([evals.eval_dict(j) for j in rows], more)
 
 
 @router.get("/compare")
@@ -79,7 +75,7 @@ def eval_items(eval_id: str, request: Request, ctx: CurrentContext, model: str |
             raise InvalidRequestError("'after' must be an item id.", param="after") from None
     with _cp(request).db.session() as s:
         rows, more = evals.items(s, ctx, eval_id, model=model, after=idx, limit=limit)
-        return _page([evals.item_dict(it) for it in rows], more)
+        return page([evals.item_dict(it) for it in rows], more)
 
 
 @router.get("/{eval_id}/events")
@@ -89,4 +85,4 @@ def eval_events(eval_id: str, request: Request, ctx: CurrentContext, after: str 
     with cp.db.session() as s:
         evals.get(s, ctx, eval_id)
         rows, more = ft.job_events(s, eval_id, after=after, limit=limit)
-        return _page([ft.event_dict(e) for e in rows], more)
+        return page([ft.event_dict(e) for e in rows], more)

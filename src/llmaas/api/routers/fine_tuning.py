@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.listing import metadata_query, page
 from llmaas.control import fine_tuning as ft
 from llmaas.control.plane import ControlPlane
 from llmaas.core.errors import InvalidRequestError
@@ -17,11 +18,6 @@ router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
 def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "Fine-tuning")
-
-
-def _page(items: list[dict], more: bool) -> dict:
-    return {"object": "list", "data": items, "has_more": more,
-            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
 
 
 @router.post("/jobs")
@@ -43,7 +39,7 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
               limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
     """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""
     cp = _cp(request)
-    meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
+    meta = metadata_query(request)
     if metadata:
         try:
             meta.update(json.loads(metadata))
@@ -51,7 +47,7 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
             raise InvalidRequestError("'metadata' must be a JSON object.", param="metadata") from None
     with cp.db.session() as s:
         rows, more = ft.list_jobs(s, ctx, after=after, limit=limit, metadata=meta or None)
-        return _page([ft.job_dict(j) for j in rows], more)
+        return page([ft.job_dict(j) for j in rows], more)
 
 
 @router.get("/jobs/{job_id}")
@@ -78,7 +74,7 @@ def job_events(job_id: str, request: Request, ctx: CurrentContext, after: str | 
     cp = _cp(request)
     with cp.db.session() as s:
         rows, more = ft.events(s, ctx, job_id, after=after, limit=limit)
-        return _page([ft.event_dict(e) for e in rows], more)
+        return page([ft.event_dict(e) for e in rows], more)
 
 
 @router.get("/jobs/{job_id}/checkpoints")
@@ -87,4 +83,4 @@ def job_checkpoints(job_id: str, request: Request, ctx: CurrentContext, after: s
     cp = _cp(request)
     with cp.db.session() as s:
         rows, more = ft.checkpoints(s, ctx, job_id, after=after, limit=limit)
-        return _page([ft.checkpoint_dict(c) for c in rows], more)
+        return page([ft.checkpoint_dict(c) for c in rows], more)

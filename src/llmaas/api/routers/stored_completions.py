@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.listing import metadata_query, page
 from llmaas.control.stored_completions import StoredCompletionService
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import check_metadata
@@ -22,16 +23,9 @@ def _stored(request: Request) -> StoredCompletionService:
     return control_plane(request, "Stored completions").stored
 
 
-def _page(items: list[dict], more: bool) -> dict:
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": more}
-
-
 def _metadata_query(request: Request) -> dict[str, str] | None:
-    """The SDK sends a metadata filter as `metadata[key]=value` query parameters."""
-    meta = {k[9:-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
     try:
-        return check_metadata(meta) or None
+        return check_metadata(metadata_query(request)) or None
     except ValueError as e:
         raise InvalidRequestError(f"Invalid 'metadata' filter: {e}.", param="metadata") from None
 
@@ -41,7 +35,7 @@ def list_completions(request: Request, ctx: CurrentContext, model: str | None = 
                      limit: int = Limit, order: Literal["asc", "desc"] = "asc") -> dict:
     items, more = _stored(request).list(ctx, model=model, metadata=_metadata_query(request), after=after,
                                         limit=limit, order=order)
-    return _page(items, more)
+    return page(items, more)
 
 
 @router.get("/v1/chat/completions/{completion_id}")
@@ -64,7 +58,7 @@ def delete_completion(completion_id: str, request: Request, ctx: CurrentContext)
 def completion_messages(completion_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                         limit: int = Limit, order: Literal["asc", "desc"] = "asc") -> dict:
     items, more = _stored(request).messages(ctx, completion_id, after=after, limit=limit, order=order)
-    return _page(items, more)
+    return page(items, more)
 
 
 @router.post("/v1/feedback")
@@ -77,4 +71,4 @@ def list_feedback(request: Request, ctx: CurrentContext, completion_id: str | No
                   limit: int = Limit, order: Literal["asc", "desc"] = "desc") -> dict:
     items, more = _stored(request).list_feedback(ctx, completion_id=completion_id, after=after, limit=limit,
                                                  order=order)
-    return _page(items, more)
+    return page(items, more)
