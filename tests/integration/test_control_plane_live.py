@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -20,21 +19,6 @@ from tests.integration.conftest import ADMIN_KEY, LiveServer
 FAKE = "fake-model"
 MAX_TOKENS = 8
 MSG = [{"role": "user", "content": "How much is this?"}]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    base = os.environ.get("LLMAAS_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("LLMAAS_TEST_DATABASE_URL is not set (CI sets it)")
-    import psycopg
-
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"CREATE SCHEMA {schema}")
-    yield f"{base}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture

@@ -83,17 +83,22 @@ class Gateway:
         budget_scopes = [BudgetScope("tenant", p.tenant_id, p.tenant_limits, p.tenant_id)]
         if p.key_id:
             budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits, p.tenant_id))
+        budget_scopes = [b for b in budget_scopes if b.limits.budget_pico is not None]
         holds: list[Hold] = []
-        if any(b.limits.budget_pico is not None for b in budget_scopes):
-            try:
-                holds, price = await asyncio.to_thread(self.budgets.reserve, budget_scopes, model, prompt_tokens,
-                                                       max_tokens, price)
-            except QuotaExceededError:
-                if scopes:
-                    await self.limiter.release(scopes, tokens, lease)
-                self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
-                self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
-                raise
+        if budget_scopes:
+            cached = self.budgets.admit_cached(budget_scopes, price.cost(prompt_tokens, max_tokens))
+            if cached is not None:
+                holds = cached
+            else:
+                try:
+                    holds, price = await asyncio.to_thread(self.budgets.admit, budget_scopes, model, prompt_tokens,
+                                                           max_tokens, price)
+                except QuotaExceededError:
+                    if scopes:
+                        await self.limiter.release(scopes, tokens, lease)
+                    self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
+                    self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
+                    raise
         headers = decision.headers() if decision else {}
         return Ticket(self, p, model, endpoint, request_id, lease, tokens, price, scopes, holds, headers)
 
@@ -117,6 +122,7 @@ class Gateway:
         if t.scopes:
             await self.limiter.release(t.scopes, t.reserved_tokens - used, t.lease)
         cost = t.price.cost(t.prompt_tokens, t.completion_tokens)
+        self.budgets.release(t.holds, cost)
         self.meter.submit(UsageEvent(
             request_id=t.request_id, tenant_id=t.principal.tenant_id, key_id=t.principal.key_id, model=t.model,
             endpoint=t.endpoint, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,

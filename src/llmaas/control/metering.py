@@ -70,6 +70,7 @@ class Meter:
         self._periodic, self._periodic_s = periodic, periodic_s  # e.g. refresh caches other processes change
         self._next_periodic = time.monotonic() + periodic_s
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.written = 0
         self.dropped = 0
 
@@ -84,6 +85,7 @@ class Meter:
         """Stop after writing everything submitted so far."""
         if self._thread is not None:
             self._q.put(None)
+            self._stopping.set()
             self._thread.join(timeout=60)
             self._thread = None
         self._drain()
@@ -115,18 +117,18 @@ class Meter:
         while True:
             deadline = time.monotonic() + self.interval_s
             stop = False
-            while len(self._pending) < self.batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    ev = self._q.get(timeout=timeout)
+            if len(self._pending) < self.batch:
+                try:  # idle: sleep until there is work
+                    ev = self._q.get(timeout=self.interval_s)
+                    stop = ev is None
+                    if ev is not None:
+                        self._pending.append(ev)
                 except queue.Empty:
-                    break
-                if ev is None:
-                    stop = True
-                    break
-                self._pending.append(ev)
+                    pass
+                if not stop:
+                    # Let the batch fill for the rest of the interval: one wake-up per batch, not one per
+                    # request (each wake-up takes the GIL from the event loop).
+                    self._stopping.wait(max(0.0, deadline - time.monotonic()))
             stop = self._drain() or stop
             if self._pending or self._last_used:
                 self._write()

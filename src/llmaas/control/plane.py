@@ -35,7 +35,7 @@ class ControlPlane:
         self.catalog = Catalog(self.db, (settings.default_input_usd_per_mtok, settings.default_output_usd_per_mtok,
                                          settings.default_training_usd_per_mtok))
         self.meter = Meter(self.db, self.budgets, interval_s=settings.usage_flush_interval_s,
-                           last_used=self.keys.pop_last_used, periodic=self.catalog.reload)
+                           last_used=self.keys.pop_last_used, periodic=self._periodic)
         self.limiter: Limiter = limiter or MemoryLimiter()
         self.gateway = Gateway(self.limiter, self.budgets, self.meter, self.catalog, metrics)
         self.files = FileService(self.db, MasterKey.load(settings.master_key, settings.master_key_file),
@@ -46,6 +46,11 @@ class ControlPlane:
         self.admin_secret: str | None = None
         self._stop = threading.Event()
         self._purger: threading.Thread | None = None
+
+    def _periodic(self) -> None:
+        """Every few seconds in the meter's thread: prices other processes changed, budget grant leases."""
+        self.catalog.reload()
+        self.budgets.grants.maintain()
 
     @classmethod
     async def open(cls, settings: Settings, metrics: ControlMetrics, models: list[str]) -> ControlPlane:
@@ -90,5 +95,9 @@ class ControlPlane:
         if self._purger is not None:
             self._purger.join(timeout=10)
         self.meter.close()
+        try:
+            self.budgets.grants.close()  # after the meter: every settlement is written
+        except Exception:  # the leases run out and another process returns them
+            log.exception("giving back budget grants failed")
         await self.limiter.close()
         self.db.close()

@@ -92,6 +92,20 @@ class BudgetLedger(Base):
     alerted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class BudgetGrant(Base):
+    """The slice of a ledger's budget one gateway process holds (part of the ledger's `reserved`), under a
+    lease its holder renews; requests are admitted against it in the holder's memory."""
+
+    __tablename__ = "budget_grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ledger_id: Mapped[int] = mapped_column(ForeignKey("budget_ledgers.id"), index=True)
+    holder: Mapped[str] = mapped_column(String(120), index=True)  # host:pid:random of the process
+    granted_pico: Mapped[int] = mapped_column(BigInteger)
+    budget_pico: Mapped[int] = mapped_column(BigInteger)  # the budget it was granted under
+    expires_ms: Mapped[int] = mapped_column(BigInteger, index=True)  # lease end, Unix ms
+
+
 class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_tenant_time", "tenant_id", "created_at"),)
