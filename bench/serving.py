@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -171,7 +172,8 @@ async def run_level(base: str, endpoint: str, model: str, conc: int, n: int, pid
         for i in counter:
             results.append(await one_request(client, url, payload(endpoint, model, PROMPTS[i % len(PROMPTS)])))
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0), limits=limits,
+                                 headers=auth_headers()) as client:
         with RssPoller(pid) as rss:
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(client) for _ in range(conc)))
@@ -189,6 +191,15 @@ async def run_level(base: str, endpoint: str, model: str, conc: int, n: int, pid
         "e2e_p50_ms": pct([r.e2e for r in ok], 50), "e2e_p95_ms": pct([r.e2e for r in ok], 95),
         "peak_rss_mib": rss.peak_mib,
     }
+
+
+# llmaas serves with its gateway on (auth, limits, metering): the bench starts it with this admin key and
+# sends it to every target (the peers ignore it). For a running server pass --api-key.
+KEY = {"value": "sk-llmaas-" + secrets.token_hex(15)}
+
+
+def auth_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY['value']}"}
 
 
 def free_port() -> int:
@@ -222,7 +233,7 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes] | None, timeout: float =
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}")
         try:
-            r = httpx.get(f"{base}/v1/models", timeout=5.0)
+            r = httpx.get(f"{base}/v1/models", timeout=5.0, headers=auth_headers())
             if r.status_code == 200 and r.json().get("data"):
                 return str(r.json()["data"][0]["id"])
         except (httpx.HTTPError, ValueError):
@@ -231,8 +242,12 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes] | None, timeout: float =
     raise RuntimeError(f"{base}/v1/models did not answer within {timeout:.0f}s")
 
 
-def server_cmd(name: str, port: int, threads: int, data_dir: str) -> list[str]:
+def server_cmd(name: str, port: int, threads: int, data_dir: str, args: argparse.Namespace) -> list[str]:
     bindir = Path(sys.executable).parent
+    if name == "llama-server":  # llama.cpp's C++ server (scripts/build-llama-server.sh), n slots of 2048 each
+        n = args.llama_server_slots
+        return [args.llama_server, "--model", gguf_path(), "--threads", str(threads), "--threads-batch", str(threads),
+                "--ctx-size", str(2048 * n), "--parallel", str(n), "--port", str(port), "--host", "127.0.0.1"]
     if name == "llmaas":
         exe = bindir / "llmaas"
         return [str(exe) if exe.exists() else "llmaas", "serve", "--port", str(port), "--threads", str(threads),
@@ -248,10 +263,11 @@ def bench_server(name: str, url: str | None, args: argparse.Namespace, levels: l
     if url is None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = server_cmd(name, port, args.threads, tempfile.mkdtemp(prefix="llmaas-bench-"))
+        cmd = server_cmd(name, port, args.threads, tempfile.mkdtemp(prefix="llmaas-bench-"), args)
         print(f"[{name}] starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            env = {**os.environ, "LLMAAS_ADMIN_KEY": KEY["value"]}
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = url.rstrip("/")
     out: dict[str, Any] = {"url": url, "command": cmd, "levels": []}
     try:
@@ -331,6 +347,10 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, Any]:
     for c in sorted(set(lm) & set(peer)):
         out[f"tok_s_llmaas_over_peer@{c}"] = ratio(lm[c]["tok_s"], peer[c]["tok_s"])
         out[f"ttft_p50_llmaas_over_peer@{c}"] = ratio(lm[c]["ttft_p50_ms"], peer[c]["ttft_p50_ms"])
+    cpp = {lv["concurrency"]: lv for lv in targets.get("llama-server", {}).get("levels", [])}
+    for c in sorted(set(lm) & set(cpp)):
+        out[f"tok_s_llmaas_over_llama_server@{c}"] = ratio(lm[c]["tok_s"], cpp[c]["tok_s"])
+        out[f"ttft_p50_llmaas_over_llama_server@{c}"] = ratio(lm[c]["ttft_p50_ms"], cpp[c]["ttft_p50_ms"])
     native = targets.get("native", {}).get("ms_per_token")
     if 1 in lm and native:
         out["itl_p50@1_llmaas_over_native"] = ratio(lm[1]["itl_p50_ms"], native)
@@ -344,7 +364,11 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="llmaas,peer,native", help="comma list of llmaas, peer, native")
+    ap.add_argument("--targets", default="llmaas,peer,native",
+                    help="comma list of llmaas, peer, native, llama-server (needs --llama-server)")
+    ap.add_argument("--llama-server", default=os.path.expanduser("~/.cache/llmaas/llama-server/bin/llama-server"),
+                    help="llama.cpp's C++ server binary, built by scripts/build-llama-server.sh")
+    ap.add_argument("--llama-server-slots", type=int, default=16, help="its --parallel slots")
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma list of concurrency levels")
     ap.add_argument("--requests", type=int, default=None, help="requests per level [default max(8, 2*c)]")
     ap.add_argument("--quick", action="store_true", help="smoke run: levels 1,4 and few requests")
@@ -352,8 +376,11 @@ def main() -> None:
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--llmaas-url", default=None, help="use this running llmaas server instead of starting one")
     ap.add_argument("--peer-url", default=None, help="use this running peer server instead of starting one")
+    ap.add_argument("--api-key", default=None, help="key for a running llmaas (--llmaas-url); default: a new admin key")
     ap.add_argument("--output", type=Path, default=RESULTS / "serving.json")
     args = ap.parse_args()
+    if args.api_key:
+        KEY["value"] = args.api_key
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     concs = [1, 4] if args.quick and args.concurrency == "1,4,16,32" else [int(c) for c in args.concurrency.split(",")]
@@ -361,15 +388,16 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for t in targets:
-        if t in ("llmaas", "peer"):
-            results[t] = bench_server(t, args.llmaas_url if t == "llmaas" else args.peer_url, args, levels)
+        if t in ("llmaas", "peer", "llama-server"):
+            url = {"llmaas": args.llmaas_url, "peer": args.peer_url}.get(t)
+            results[t] = bench_server(t, url, args, levels)
         elif t == "native":
             print("[native] in-process llama_cpp.Llama streaming ...", flush=True)
             results[t] = bench_native(args)
         else:
             ap.error(f"unknown target {t!r}")
 
-    for t in ("llmaas", "peer"):
+    for t in ("llmaas", "peer", "llama-server"):
         if t in results:
             print_table(t, results[t])
     if "native" in results:

@@ -68,6 +68,35 @@ def test_seed_determinism(client):
     assert len(outs) > 1  # different seeds sample differently
 
 
+def test_seed_determinism_holds_under_concurrent_load(client):
+    """Each sequence has its own KV stream, so what else is in the batch cannot change its logits."""
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a short story about a fox."}],
+              max_tokens=40, temperature=1.0, seed=7, logprobs=True, extra_body={"ignore_eos": True})
+
+    def run() -> tuple[str, list[float]]:
+        c = client.chat.completions.create(**kw).choices[0]
+        return c.message.content, [t.logprob for t in c.logprobs.content]
+
+    alone = run()
+
+    async def loaded() -> tuple[str, list[float]]:
+        others = AsyncOpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=0)
+        try:
+            noise = [asyncio.create_task(others.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 5} in words, please."}],
+                max_tokens=60, temperature=0.8, extra_body={"ignore_eos": True})) for i in range(6)]
+            await asyncio.sleep(0.3)  # the others are decoding when ours joins the batch
+            mine = await asyncio.to_thread(run)
+            await asyncio.gather(*noise)
+            return mine
+        finally:
+            await others.close()
+
+    under_load = asyncio.run(loaded())
+    assert under_load[0] == alone[0]
+    assert under_load[1] == alone[1]  # bit-identical log-probabilities, not only the same text
+
+
 def test_n_choices(client):
     r = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=10, temperature=1.0, n=3, seed=5,
                                        extra_body={"ignore_eos": True})

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
 from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.engine import BatchingEngine
 from llmaas.engine.types import GenerationRequest, SamplingParams
@@ -53,6 +55,33 @@ async def test_prefix_reuse_counts_cached_tokens():
         await _run(engine, "a", prompt + list(b"q1"), 4)
         _, out = await _run(engine, "b", prompt + list(b"q2"), 4)
         assert out.cached_tokens >= len(prompt)
+
+
+@pytest.mark.parametrize(("shared", "expect_copy"), [(b"short:", False), (b"a long system prompt, shared: ", True)])
+async def test_kv_of_a_busy_slot_is_copied_only_for_a_prefix_worth_a_stream_copy(shared: bytes, expect_copy: bool):
+    """Copying KV between slots moves a whole llama.cpp KV stream, so a few shared tokens are re-prefilled
+    instead; a long shared prefix is copied."""
+    async with running(n_slots=4, context_size=4096, max_batch_tokens=64) as (engine, runner):
+        copies: list[tuple[int, int, int]] = []
+        real_copy = runner.kv_copy
+        runner.kv_copy = lambda s, d, n: (copies.append((s, d, n)), real_copy(s, d, n))[1]
+        busy = engine.generate(GenerationRequest("a", list(shared + b"first"),
+                                                 SamplingParams(max_tokens=4000, temperature=0)))
+        await busy.__anext__()  # "a" holds its slot, decoding
+        _, out = await _run(engine, "b", list(shared + b"second"), 4)
+        await busy.aclose()  # aborts "a"
+        assert bool(copies) == expect_copy
+        assert out.cached_tokens == (len(shared) if expect_copy else 0)
+
+
+async def test_new_requests_take_the_lowest_free_slot():
+    """Running sequences stay packed into low slots: llama.cpp's attention spans the range of streams a step uses."""
+    async with running(8, n_slots=8, context_size=256, max_batch_tokens=64) as (engine, runner):
+        # Every slot holds a cached prompt, the higher slots the shorter ones (cheapest to evict).
+        await asyncio.gather(*[_run(engine, f"w{i}", list(f"warm {'x' * (16 - 2 * i)}".encode()), 2) for i in range(8)])
+        runner.decode_seq_ids.clear()
+        await asyncio.gather(*[_run(engine, f"n{i}", list(f"new {i}!".encode()), 3) for i in range(3)])
+        assert {s for ids in runner.decode_seq_ids for s in ids} == {0, 1, 2}
 
 
 async def test_abort_frees_slot():

@@ -90,6 +90,11 @@ class _Call:
     future: Future
 
 
+# Copying another slot's KV moves a whole KV stream (llama.cpp copies streams, not ranges: ~5 ms for 2048
+# cells, inside the next step, which every running sequence waits for): only worth it for a real prefix.
+_MIN_COPY_GAIN = 16
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -243,10 +248,13 @@ class BatchScheduler:
                 out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
                 continue
             own = {i: _reusable(self._slots[i], prompt, adapter) for i in free}
-            slot_id = max(free, key=lambda i: (own[i], -len(self._slots[i].tokens)))
+            # Most reusable KV first, then an empty slot (keeps other prompts' KV for reuse), then the lowest:
+            # llama.cpp runs attention over the contiguous range of KV streams a step touches, so running
+            # sequences packed into low slots waste none of it on idle streams.
+            slot_id = max(free, key=lambda i: (own[i], not self._slots[i].tokens, -i))
             free.remove(slot_id)
             reuse = own[slot_id]
-            src, src_len = -1, reuse
+            src, src_len = -1, reuse + _MIN_COPY_GAIN - 1
             for i, s in enumerate(self._slots):
                 if i != slot_id and s.tokens:
                     n = _reusable(s, prompt, adapter)

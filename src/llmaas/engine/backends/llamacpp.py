@@ -1,7 +1,12 @@
 """ModelRunner on llama.cpp's low-level C API (through llama-cpp-python's ctypes bindings).
 
-One llama_context holds a unified KV cache of `context_size * n_slots` cells; each slot is a
-sequence id. One `decode` call is one llama_decode over a batch that mixes many sequences.
+One llama_context holds a KV cache of `n_slots` streams of `context_size` cells (llama.cpp's non-unified
+cache); each slot is a sequence id with its own stream. One `decode` call is one llama_decode over a batch
+that mixes many sequences. Separate streams, not one unified cache, because (measured, bench/kernels.py's
+note in the README): with a unified cache every sequence's attention runs over the cells of all of them,
+so a 16-sequence decode step grew from 78 to 94 ms at 160 tokens per sequence and to 136 ms at 400 (72,
+78, 90 ms with streams), and a sequence's logits depended on its batch neighbours; with streams they do
+not, so a seed gives the same output under any load.
 ctypes releases the GIL during each C call, so the asyncio loop keeps running meanwhile.
 
 LoRA adapters (GGUF, llama.cpp's format) are loaded once per model and applied per context with
@@ -67,7 +72,7 @@ def _quiet_llama_logs() -> None:
     @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     def _cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         msg = text.decode("utf-8", "replace").rstrip()
-        # The unified KV cache is n_slots x context cells; each sequence stays within context_size,
+        # The KV cache is n_slots x context cells; each sequence stays within context_size,
         # so llama.cpp's "n_ctx_seq > n_ctx_train" warning does not apply.
         if level in (3, 4) and "n_ctx_seq" not in msg:  # GGML_LOG_LEVEL_WARN, _ERROR
             log.warning("llama.cpp: %s", msg)
@@ -149,7 +154,8 @@ class LlamaCppRunner:
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_slots, self.max_batch_tokens, self.threads = n_slots, max_batch_tokens, threads
         self.context_size = min(context_size, L.llama_model_n_ctx_train(self.model))
-        self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False)
+        self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False,
+                                     unified=False)
         self.mem = L.llama_get_memory(self.ctx)
         self._batch = L.llama_batch_init(max_batch_tokens, 0, 1)
         self._pieces: dict[int, bytes] = {}
@@ -305,7 +311,10 @@ class LlamaCppRunner:
         self.L.llama_memory_seq_rm(self.mem, seq_id, from_pos, -1)
 
     def kv_copy(self, src: int, dst: int, n_tokens: int) -> None:
-        self.L.llama_memory_seq_cp(self.mem, src, dst, 0, n_tokens)
+        """Give `dst` the first `n_tokens` of `src`'s KV. Across streams llama.cpp copies whole streams (at the
+        next decode, ~5 ms for 2048 cells): copy all of it, then drop what is past the prefix."""
+        self.L.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+        self.L.llama_memory_seq_rm(self.mem, dst, n_tokens, -1)
 
     def kv_cells_used(self) -> int:
         used = sum(max(0, self.L.llama_memory_seq_pos_max(self.mem, s) + 1) for s in range(self.n_slots))
