@@ -96,3 +96,19 @@ async def test_abort_frees_slot():
         assert engine.stats().running == 0
         text, _ = await _run(engine, "y", list(b"ab"), 3)
         assert len(text) == 3
+
+
+async def test_a_new_request_fills_a_hole_between_running_slots_before_an_empty_slot():
+    async with running(8, n_slots=8, context_size=4096, max_batch_tokens=64) as (engine, runner):
+        gens = [engine.generate(GenerationRequest(f"r{i}", list(f"run {i}".encode()),
+                                                  SamplingParams(max_tokens=4000, temperature=0))) for i in range(4)]
+        for g in gens:
+            await g.__anext__()  # slots 0-3 decoding
+        await gens[1].aclose()  # a hole at slot 1; slots 4-7 are empty
+        await asyncio.sleep(0.01)
+        runner.decode_seq_ids.clear()
+        await _run(engine, "new", list(b"new one"), 3)
+        new_slots = {s for ids in runner.decode_seq_ids for s in ids} - {0, 2, 3}
+        assert new_slots == {1}
+        for g in (gens[0], gens[2], gens[3]):
+            await g.aclose()

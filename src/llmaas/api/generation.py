@@ -71,8 +71,18 @@ async def fan_out(
     """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
     Closing this iterator (client gone) aborts every sequence still running."""
     engine.check_capacity(len(prompts) * n)
-    queue: asyncio.Queue[tuple[int, GenerationOutput | BaseException | None]] = asyncio.Queue()
     base_id = uuid.uuid4().hex
+    if len(prompts) * n == 1:  # one sequence: no task and queue in between (one wake-up per token, not two)
+        gen = engine.generate(GenerationRequest(f"{base_id}-0", prompts[0], params, adapter))
+        try:
+            async for out in gen:
+                if out.finish_reason == "error":
+                    raise EngineError(out.error or "generation failed")
+                yield 0, out
+        finally:
+            await gen.aclose()  # aborts the sequence if the consumer stopped early
+        return
+    queue: asyncio.Queue[tuple[int, GenerationOutput | BaseException | None]] = asyncio.Queue()
 
     async def run(index: int, tokens: list[int]) -> None:
         p = params
