@@ -66,6 +66,7 @@ _NEW_LEDGER = ("INSERT INTO budget_ledgers (scope, scope_id, period_start, spent
 _RESERVE = ("UPDATE budget_ledgers SET reserved_pico = reserved_pico + :c "
             "WHERE id = :id AND spent_pico + reserved_pico + :c <= :b")
 _LEFT = "SELECT spent_pico + reserved_pico FROM budget_ledgers WHERE id = :id"
+_GROW_TRIES = 8
 _RETRY_SQLSTATES = ("40P01", "40001")  # PostgreSQL deadlock detected, serialization failure
 _GRANT_SPEND = text("UPDATE budget_grants SET granted_pico = granted_pico - :a WHERE id = :g")
 _GRANTED = text("SELECT COALESCE(SUM(granted_pico), 0) FROM budget_grants WHERE ledger_id = :id")
@@ -141,9 +142,13 @@ class Budgets:
             (reset - now).total_seconds(),
         )
 
+    @staticmethod
+    def _key(b: BudgetScope, now: datetime) -> tuple[str, str, str]:
+        """The ledger of a scope's current period, as (scope, scope id, period start)."""
+        return b.scope, b.scope_id, period_start(b.limits.budget_period, now).isoformat()
+
     def _ledgers_of(self, scopes: list[BudgetScope], now: datetime) -> list[tuple[int, int]]:
-        return [(self._ledger_id(b.scope, b.scope_id, period_start(b.limits.budget_period, now).isoformat()),
-                 b.limits.budget_pico or 0) for b in scopes]
+        return [(self._ledger_id(*self._key(b, now)), b.limits.budget_pico or 0) for b in scopes]
 
     @staticmethod
     def _holds(scopes: list[BudgetScope], grants: list[Grant], cost: int) -> list[Hold]:
@@ -154,10 +159,10 @@ class Budgets:
         """The gateway's fast path, in memory: admit against this process's grants, or None when one must
         grow first (`admit`, in a thread). `scopes` are those with a budget."""
         now = utcnow()
-        keys = [(b.scope, b.scope_id, period_start(b.limits.budget_period, now).isoformat()) for b in scopes]
-        if any(k not in self._ledgers for k in keys):
+        ids = [self._ledgers.get(self._key(b, now)) for b in scopes]
+        if None in ids:
             return None
-        ledgers = [(self._ledgers[k], b.limits.budget_pico or 0) for k, b in zip(keys, scopes, strict=True)]
+        ledgers = [(lid, b.limits.budget_pico or 0) for lid, b in zip(ids, scopes, strict=True)]
         grants = self.grants.take(ledgers, cost_pico)
         return None if grants is None else self._holds(scopes, grants, cost_pico)
 
@@ -174,7 +179,7 @@ class Budgets:
             grants = self.grants.take(ledgers, cost)
             if grants is not None:
                 return self._holds(scopes, grants, cost), fallback
-            for attempt in range(8):  # requests on the fast path may take the new room first: grow again
+            for attempt in range(_GROW_TRIES):  # the fast path may take the new room first: grow again
                 try:
                     with self.db.raw_transaction() as cur:
                         price = self._price(cur, model, fallback)
@@ -185,7 +190,7 @@ class Budgets:
                     raise self._quota_error(b, ledgers[r.index][1], period_start(b.limits.budget_period, now),
                                             cost, r.committed, now) from None
                 except Exception as e:
-                    if getattr(e, "sqlstate", None) not in _RETRY_SQLSTATES or attempt == 7:
+                    if getattr(e, "sqlstate", None) not in _RETRY_SQLSTATES or attempt == _GROW_TRIES - 1:
                         raise
                     log.info("budget grant transaction retried after %s", type(e).__name__)
                     continue

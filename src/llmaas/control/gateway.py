@@ -84,21 +84,19 @@ class Gateway:
         if p.key_id:
             budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits, p.tenant_id))
         budget_scopes = [b for b in budget_scopes if b.limits.budget_pico is not None]
-        holds: list[Hold] = []
+        holds: list[Hold] | None = []
         if budget_scopes:
-            cached = self.budgets.admit_cached(budget_scopes, price.cost(prompt_tokens, max_tokens))
-            if cached is not None:
-                holds = cached
-            else:
-                try:
-                    holds, price = await asyncio.to_thread(self.budgets.admit, budget_scopes, model, prompt_tokens,
-                                                           max_tokens, price)
-                except QuotaExceededError:
-                    if scopes:
-                        await self.limiter.release(scopes, tokens, lease)
-                    self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
-                    self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
-                    raise
+            holds = self.budgets.admit_cached(budget_scopes, price.cost(prompt_tokens, max_tokens))
+        if holds is None:  # a grant must grow first: a database transaction, off the event loop
+            try:
+                holds, price = await asyncio.to_thread(self.budgets.admit, budget_scopes, model, prompt_tokens,
+                                                       max_tokens, price)
+            except QuotaExceededError:
+                if scopes:
+                    await self.limiter.release(scopes, tokens, lease)
+                self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
+                self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
+                raise
         headers = decision.headers() if decision else {}
         return Ticket(self, p, model, endpoint, request_id, lease, tokens, price, scopes, holds, headers)
 
