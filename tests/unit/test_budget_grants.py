@@ -149,3 +149,14 @@ def test_an_idle_grant_is_given_back(db):
     meter.flush()
     b.grants.maintain()
     assert ledger(db) == (WORST, 0, 0)
+
+
+def test_a_cached_ledger_id_that_no_longer_resolves_is_looked_up_again(db):
+    b = Budgets(db)
+    stale = b._ledger_id("tenant", "org-t", b._key(scope(10_000)[0], utcnow())[2])
+    with db.session() as s:  # the row goes away behind the process's cache
+        s.execute(BudgetLedger.__table__.delete())
+    assert stale
+    admit(b, 10_000)  # recreates the ledger instead of failing on the stale id
+    spent, reserved, granted = ledger(db)
+    assert spent == 0 and reserved == granted >= WORST

@@ -39,7 +39,7 @@ _GROW = "UPDATE budget_grants SET granted_pico = granted_pico + :x, expires_ms =
 _NEW = ("INSERT INTO budget_grants (ledger_id, holder, granted_pico, budget_pico, expires_ms) "
         "VALUES (:l, :h, :x, :b, :e) RETURNING id")
 _UNRESERVE = ("UPDATE budget_ledgers SET reserved_pico = reserved_pico - "
-              "(SELECT granted_pico FROM budget_grants WHERE id = :g) WHERE id = :l")
+              "COALESCE((SELECT granted_pico FROM budget_grants WHERE id = :g), 0) WHERE id = :l")
 _DELETE = "DELETE FROM budget_grants WHERE id = :g"
 _RENEW = "UPDATE budget_grants SET expires_ms = :e WHERE holder = :h"
 _MINE = "SELECT id FROM budget_grants WHERE holder = :h"
@@ -62,6 +62,11 @@ class Grant:
     @property
     def free(self) -> int:
         return self.granted - self.held
+
+
+class LedgerMissing(Exception):
+    def __init__(self, ledger_id: int) -> None:
+        self.ledger_id = ledger_id
 
 
 class Refused(Exception):
@@ -119,7 +124,10 @@ class Grants:
         if need <= 0:
             return lambda: None
         cur.execute(self.db.sql(_LEDGER + ("" if self.db.is_sqlite else " FOR UPDATE")), {"id": ledger_id})
-        spent, reserved = cur.fetchone()
+        row = cur.fetchone()
+        if row is None:
+            raise LedgerMissing(ledger_id)
+        spent, reserved = row
         left = budget - spent - reserved
         if need > left:
             raise Refused(index, spent + reserved)

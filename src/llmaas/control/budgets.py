@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
-from llmaas.control.budget_grants import Grant, Grants, Refused
+from llmaas.control.budget_grants import Grant, Grants, LedgerMissing, Refused
 from llmaas.control.catalog import Price, base_model
 from llmaas.control.clock import period_start, utcnow
 from llmaas.control.db.database import Database
@@ -96,7 +96,8 @@ class Budgets:
             with self.db.raw_transaction() as cur:
                 cur.execute(self.db.sql(_NEW_LEDGER), {**args, "f": False})
                 cur.execute(self.db.sql(_LEDGER), args)
-                lid = self._ledgers[key] = cur.fetchone()[0]
+                lid = cur.fetchone()[0]
+            self._ledgers[key] = lid  # only once committed
         return lid
 
     def reserve(self, scopes: list[BudgetScope], model: str, prompt_tokens: int, max_tokens: int,
@@ -189,6 +190,13 @@ class Budgets:
                     b = scopes[r.index]
                     raise self._quota_error(b, ledgers[r.index][1], period_start(b.limits.budget_period, now),
                                             cost, r.committed, now) from None
+                except LedgerMissing as e:  # a cached ledger id no longer resolves: look the ledgers up again
+                    log.warning("budget ledger %d not found; resolving the ledgers of %s again", e.ledger_id,
+                                [b.scope_id for b in scopes])
+                    self._ledgers = {k: v for k, v in self._ledgers.items() if v != e.ledger_id}
+                    ledgers = self._ledgers_of(scopes, now)
+                    order = sorted(range(len(ledgers)), key=lambda i: ledgers[i][0])
+                    continue
                 except Exception as e:
                     if getattr(e, "sqlstate", None) not in _RETRY_SQLSTATES or attempt == _GROW_TRIES - 1:
                         raise
