@@ -47,6 +47,11 @@ def serve(
     max_batch_tokens: Annotated[
         int | None, typer.Option(help="Tokens per decode step; long prompts are prefilled in chunks of this. (512)")
     ] = None,
+    prefill_step_ms: Annotated[
+        float | None, typer.Option(help="Estimated prefill time one step may add to running streams; prompts are "
+                                        "chunked to fit, shortest-expected-finish first. 0: token budget only. "
+                                        "(default 200)")
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="llamacpp (default) or fake (testing only).")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes for fine-tuning and eval jobs, started and restarted by this "
@@ -66,7 +71,7 @@ def serve(
     settings = load_settings(
         host=host, port=port, data_dir=data_dir, models=model or None, threads=threads, max_seqs=max_seqs,
         max_queued=max_queued, context_size=ctx_size, max_batch_tokens=max_batch_tokens, backend=backend,
-        log_level=log_level, workers=workers,
+        log_level=log_level, workers=workers, prefill_step_ms=prefill_step_ms,
     )
     settings.prepare_dirs()
     logging.basicConfig(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,7 @@ import pytest
 
 from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.scheduler import BatchScheduler, _Seq
 from llmaas.engine.types import GenerationRequest, SamplingParams
 
 
@@ -23,9 +26,10 @@ async def _run(engine: BatchingEngine, rid: str, prompt: list[int], max_tokens: 
 
 
 @asynccontextmanager
-async def running(max_queued: int = 4, **runner_kw) -> AsyncIterator[tuple[BatchingEngine, FakeRunner]]:
+async def running(max_queued: int = 4, prefill_step_s: float = 0.0,
+                  **runner_kw) -> AsyncIterator[tuple[BatchingEngine, FakeRunner]]:
     runner = FakeRunner(**runner_kw)
-    engine = BatchingEngine(runner, max_queued)
+    engine = BatchingEngine(runner, max_queued, prefill_step_s=prefill_step_s)
     await engine.start()
     try:
         yield engine, runner
@@ -112,3 +116,72 @@ async def test_a_new_request_fills_a_hole_between_running_slots_before_an_empty_
         assert new_slots == {1}
         for g in (gens[0], gens[2], gens[3]):
             await g.aclose()
+
+
+async def _first_token_at(engine: BatchingEngine, rid: str, prompt: list[int], max_tokens: int = 2) -> float:
+    first = 0.0
+    async for _ in engine.generate(GenerationRequest(rid, prompt, SamplingParams(max_tokens=max_tokens,
+                                                                                    temperature=0))):
+        first = first or time.monotonic()
+    return first
+
+
+async def test_in_a_burst_short_prompts_are_prefilled_before_a_long_one_in_time_bounded_steps():
+    # 1 ms per token, 20 ms of prefill per step: at most 20 prompt tokens (+ one per decoding sequence) a step.
+    async with running(8, prefill_step_s=0.02, n_slots=4, context_size=512, max_batch_tokens=256,
+                       s_per_token=0.001) as (engine, runner):
+        long = asyncio.create_task(_first_token_at(engine, "long", list(b"x" * 120)))
+        await asyncio.sleep(0)  # the long prompt arrives first
+        short = [asyncio.create_task(_first_token_at(engine, f"s{i}", list(f"short {i}!".encode())))
+                 for i in range(3)]
+        t_long, t_short = await long, await asyncio.gather(*short)
+        assert max(t_short) < t_long  # first come, first served would have prefilled the long one first
+        assert max(runner.decode_calls) <= 20 + 3
+
+
+async def test_a_long_prompt_that_has_waited_goes_before_a_newer_short_one():
+    runner = FakeRunner(n_slots=2)
+    sched = BatchScheduler(runner, lambda _: None, prefill_step_s=0.05)
+    sched.s_per_token = 0.001
+    old = _Seq(GenerationRequest("old", [1] * 100, SamplingParams()), arrived=10.0)
+    old.pending = [1] * 100  # 0.1 s of prefill left
+    newer = _Seq(GenerationRequest("new", [1] * 10, SamplingParams()), arrived=10.05)
+    newer.pending = [1] * 10
+    assert sorted([old, newer], key=sched._prefill_key) == [newer, old]  # 50 ms late, 90 ms shorter: first
+    newer.arrived = 10.2  # arrived after the old one's prefill would have finished
+    assert sorted([old, newer], key=sched._prefill_key) == [old, newer]
+
+
+async def test_the_prefill_cost_estimate_follows_measured_steps():
+    # The runner's first estimate is 4x too low; steps that are mostly prefill correct it.
+    async with running(8, prefill_step_s=0.02, n_slots=2, context_size=512, max_batch_tokens=256,
+                       s_per_token=0.002, prefill_s_per_token=0.0005) as (engine, runner):
+        for i in range(8):
+            await _run(engine, f"r{i}", list(f"{i}".encode() * 60), 2)
+        assert engine._scheduler.s_per_token >= 0.0015
+        assert max(runner.decode_calls) <= 40 + 2  # the corrected budget: 20 ms / 0.5 ms at first
+
+
+async def test_embeddings_and_scoring_run_on_threads_that_end_with_the_call():
+    # A long-lived thread that has run a llama.cpp decode keeps an OpenMP team, which slows every scheduler
+    # step (BatchingEngine._side): side computations must not run on asyncio's pooled threads.
+    async with running() as (engine, runner):
+        seen: list[threading.Thread] = []
+        embed, score = runner.embed, runner.score
+
+        def spy(fn):
+            def call(*args):
+                seen.append(threading.current_thread())
+                return fn(*args)
+            return call
+
+        runner.embed, runner.score = spy(embed), spy(score)
+        assert len(await engine.embed([[1, 2, 3], [4, 5]])) == 2
+        assert len(await engine.score([1, 2, 3], 1)) == 2
+        assert len(seen) == 3 and threading.main_thread() not in seen
+        for t in seen:
+            t.join(timeout=2)
+            assert not t.is_alive()
+        with pytest.raises(ValueError):  # errors reach the caller
+            runner.score = spy(lambda *a: (_ for _ in ()).throw(ValueError("boom")))
+            await engine.score([1, 2], 1)

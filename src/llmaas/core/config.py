@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_queued: int = Field(default=256, ge=0)  # requests waiting for a free sequence slot
     context_size: int = Field(default=2048, ge=64)  # per-sequence context window, in tokens
     max_batch_tokens: int = Field(default=512, ge=16)  # tokens per decode step (chunked prefill budget)
+    # Estimated prefill time a step may add to running streams' next token; 0 = token budget only.
+    prefill_step_ms: float = Field(default=200.0, ge=0)
     database_url: str | None = None  # default: SQLite (WAL) file in the data dir
     redis_url: str | None = None  # shared rate limits across gateway processes; in-process when unset
     log_level: str = "info"

@@ -25,14 +25,15 @@ from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest
 
 class BatchingEngine:
     def __init__(
-        self, runner: ModelRunner, max_queued: int, metrics: EngineMetrics | None = None, *, max_adapters: int = 8
+        self, runner: ModelRunner, max_queued: int, metrics: EngineMetrics | None = None, *, max_adapters: int = 8,
+        prefill_step_s: float = 0.0,
     ) -> None:
         self.runner = runner
         self.info = ModelInfo(model_id=runner.model_id, context_size=runner.context_size, n_vocab=runner.n_vocab)
         self._max_inflight = runner.n_slots + max_queued
         self._streams: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduler = BatchScheduler(runner, self._emit_threadsafe, metrics)
+        self._scheduler = BatchScheduler(runner, self._emit_threadsafe, metrics, prefill_step_s=prefill_step_s)
         self._template = ChatTemplate(
             runner.chat_template(), runner.special_token_text("bos"), runner.special_token_text("eos")
         )
@@ -130,9 +131,30 @@ class BatchingEngine:
         self._scheduler.abort(request_id)
 
     # -- side computations ---------------------------------------------------------------------
-    def _side(self, fn, *args):
-        with self._side_lock:
-            return fn(*args)
+    async def _side(self, fn, *args):
+        """Run fn(*args) on a thread that ends with the call (one call at a time). Not asyncio.to_thread:
+        llama.cpp's OpenMP (libgomp) keeps a thread team for each thread that has run a decode, and while
+        more such threads exist than cores its barriers sleep instead of spinning. A pool thread that had
+        computed one embedding made every later 16-sequence step of the scheduler ~25% slower (76 -> 94 ms)
+        for as long as it lived; a thread that exits takes its team with it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def settle(result: object, error: BaseException | None) -> None:
+            if not done.done():  # the caller may have been cancelled
+                done.set_exception(error) if error is not None else done.set_result(result)
+
+        def run() -> None:
+            try:
+                with self._side_lock:
+                    result = fn(*args)
+            except BaseException as e:  # handed to the caller
+                loop.call_soon_threadsafe(settle, None, e)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+
+        threading.Thread(target=run, name="llmaas-side", daemon=True).start()
+        return await done
 
     async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]:
         for toks in inputs:
@@ -142,18 +164,18 @@ class BatchingEngine:
                     param="input", code="context_length_exceeded",
                 )
         async with self._pinned(adapter):
-            return [await asyncio.to_thread(self._side, self.runner.embed, t, adapter) for t in inputs]
+            return await self._side(lambda: [self.runner.embed(t, adapter) for t in inputs])
 
     async def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         async with self._pinned(adapter):
-            return await asyncio.to_thread(self._side, self.runner.score, tokens, start, adapter)
+            return await self._side(self.runner.score, tokens, start, adapter)
 
     async def score_many(self, items: list[ScoreItem], adapter: str | None = None,
                          shared: list[int] | None = None) -> list[list[list[float]]]:
         """Per item and continuation, the log-probabilities of its tokens given the item's prefix (batched;
         `shared`: a prefix many items start with, e.g. an eval's instructions, prefilled once per decode)."""
         async with self._pinned(adapter):
-            return await asyncio.to_thread(self._side, self.runner.score_many, items, adapter, shared)
+            return await self._side(self.runner.score_many, items, adapter, shared)
 
     # -- LoRA adapters -------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str) -> None:

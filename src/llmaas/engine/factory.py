@@ -19,7 +19,8 @@ def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = 
 
         runner = LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
                                 max_batch_tokens=settings.max_batch_tokens, threads=settings.threads)
-    return BatchingEngine(runner, settings.max_queued, metrics, max_adapters=settings.max_adapters)
+    return BatchingEngine(runner, settings.max_queued, metrics, max_adapters=settings.max_adapters,
+                          prefill_step_s=settings.prefill_step_ms / 1000)
 
 
 def build_engines(settings: Settings, metrics: EngineMetrics | None) -> dict[str, BatchingEngine]:

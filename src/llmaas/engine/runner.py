@@ -48,6 +48,10 @@ class ModelRunner(Protocol):
         """Run one forward pass over a batch mixing many sequences, under the adapter last set with
         `set_adapter`. Raises on failure."""
 
+    def prefill_cost(self) -> float:
+        """Seconds per prompt token of a typical prefill, measured now (scheduler thread, empty cache):
+        the scheduler's first estimate before it measures real steps."""
+
     # LoRA adapters. An adapter applies to a whole decode call: sequences on different adapters are
     # decoded in separate calls, each preceded by set_adapter.
     def load_adapter(self, name: str, path: str) -> None:

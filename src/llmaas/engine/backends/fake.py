@@ -11,6 +11,7 @@ that attends to cells of another adapter raises: KV reuse across adapters is a b
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,15 @@ class FakeRunner:
         max_batch_tokens: int = 64,
         eos_after: int = 0,
         fail_at_decode: int = 0,
+        s_per_token: float = 0.0,
+        prefill_s_per_token: float | None = None,
     ) -> None:
         self.n_vocab = 257
         self.n_slots, self.context_size, self.max_batch_tokens = n_slots, context_size, max_batch_tokens
         self.eos_after = eos_after
         self.fail_at_decode = fail_at_decode  # raise on that decode call (1-based), to test error paths
+        self.s_per_token = s_per_token  # simulated compute: a decode sleeps this per token
+        self._prefill_cost = s_per_token if prefill_s_per_token is None else prefill_s_per_token
         self._kv: dict[int, list[tuple[int, str | None]]] = {i: [] for i in range(n_slots)}  # (token, adapter)
         self._last: list[np.ndarray] = []
         self.decode_calls: list[int] = []  # batch sizes, for scheduler tests
@@ -119,6 +124,8 @@ class FakeRunner:
         self.decode_seq_ids.append(sorted(set(seq_ids)))
         if self.fail_at_decode and len(self.decode_calls) == self.fail_at_decode:
             raise RuntimeError("simulated decode failure")
+        if self.s_per_token:
+            time.sleep(self.s_per_token * len(tokens))
         self._last = []
         step = 1 + self._shift(self._adapter)
         for t, pos, sid, want in zip(tokens, positions, seq_ids, logits, strict=True):
@@ -136,6 +143,9 @@ class FakeRunner:
                 if self.eos_after and pos + 1 >= self.eos_after:
                     row[EOS] = 20.0
             self._last.append(row)
+
+    def prefill_cost(self) -> float:
+        return self._prefill_cost  # what a real runner would measure; tests set it wrong on purpose
 
     def logits(self, batch_index: int) -> np.ndarray:
         return self._last[batch_index]

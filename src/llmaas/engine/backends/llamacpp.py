@@ -21,6 +21,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,21 @@ class LlamaCppRunner:
         self._adapter_lock = threading.Lock()
         self._to_free: list[ctypes.c_void_p] = []
         self._adapter: str | None = None  # what self.ctx has applied
+
+    def prefill_cost(self, n: int = 64) -> float:
+        """Seconds per prompt token of one n-token prefill, measured now: the scheduler's first estimate (it
+        refines it from real steps). Called on the scheduler thread, which must be the only long-lived
+        thread that decodes (see BatchingEngine._side). Doubles as a warm-up: the first decode pays
+        llama.cpp's graph allocation."""
+        toks = [t % self.n_vocab for t in range(1000, 1000 + n)]
+        want = [False] * (n - 1) + [True]
+        self.decode(toks, list(range(n)), [0] * n, want)
+        self.kv_remove(0, 0)
+        t0 = time.perf_counter()
+        self.decode(toks, list(range(n)), [0] * n, want)
+        elapsed = time.perf_counter() - t0
+        self.kv_remove(0, 0)
+        return elapsed / n
 
     def _new_context(self, n_ctx: int, n_batch: int, n_seq: int, embeddings: bool, *, unified: bool = True):
         """unified=False: one KV stream per sequence (n_ctx / n_seq cells each), which keeps each sequence's
