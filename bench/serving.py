@@ -256,50 +256,120 @@ def server_cmd(name: str, port: int, threads: int, data_dir: str, args: argparse
             "--n_ctx", "2048", "--port", str(port), "--interrupt_requests", "False"]
 
 
-def bench_server(name: str, url: str | None, args: argparse.Namespace, levels: list[tuple[int, int]]) -> dict[str, Any]:
-    proc: subprocess.Popen[bytes] | None = None
-    log_path = RESULTS / f"{name}.server.log"
-    cmd: list[str] | None = None
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = server_cmd(name, port, args.threads, tempfile.mkdtemp(prefix="llmaas-bench-"), args)
-        print(f"[{name}] starting: {' '.join(cmd)}  (log: {log_path})", flush=True)
-        with open(log_path, "wb") as log:
-            env = {**os.environ, "LLMAAS_ADMIN_KEY": KEY["value"]}
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    url = url.rstrip("/")
-    out: dict[str, Any] = {"url": url, "command": cmd, "levels": []}
-    try:
-        t0 = time.perf_counter()
-        model = wait_ready(url, proc)
-        out.update(model=model, startup_s=round(time.perf_counter() - t0, 2) if proc else None)
-        pid = proc.pid if proc else pid_on_port(url)
-        warm = asyncio.run(run_level(url, args.endpoint, model, 1, 1, None))  # warm-up, not reported
-        if warm["errors"]:
-            print(f"[{name}] warm-up failed: {warm['error_samples']}", flush=True)
-        for conc, n in levels:
-            print(f"[{name}] concurrency {conc}, {n} requests ...", flush=True)
-            res = asyncio.run(run_level(url, args.endpoint, model, conc, n, pid))
-            out["levels"].append(res)
-            if res["errors"]:
-                print(f"[{name}]   {res['errors']} errors, e.g. {res['error_samples'][0]}", flush=True)
-    except Exception as e:  # report and carry on with the other targets
-        out["error"] = f"{type(e).__name__}: {e}"
-        print(f"[{name}] FAILED: {out['error']}", flush=True)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if "error" in out or any(lv["errors"] for lv in out["levels"]):
-                tail = log_path.read_text(errors="replace").splitlines()[-25:]
-                out["server_log_tail"] = tail
-                print(f"[{name}] server log tail:\n  " + "\n  ".join(tail), flush=True)
+class Target:
+    """A server under test: started here (or already running at `url`), warmed up, stopped at the end."""
+
+    def __init__(self, name: str, url: str | None, args: argparse.Namespace) -> None:
+        self.name, self.args = name, args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = RESULTS / f"{name}.server.log"
+        self.out: dict[str, Any] = {"url": url, "command": None, "levels": []}
+        self.model = ""
+
+    def start(self) -> bool:
+        url = self.out["url"]
+        try:
+            if url is None:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                data_dir = tempfile.mkdtemp(prefix="llmaas-bench-")
+                cmd = server_cmd(self.name, port, self.args.threads, data_dir, self.args)
+                self.out["command"] = cmd
+                print(f"[{self.name}] starting: {' '.join(cmd)}  (log: {self.log_path})", flush=True)
+                with open(self.log_path, "wb") as log:
+                    env = {**os.environ, "LLMAAS_ADMIN_KEY": KEY["value"]}
+                    self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            self.out["url"] = url = url.rstrip("/")
+            t0 = time.perf_counter()
+            self.model = wait_ready(url, self.proc)
+            self.out.update(model=self.model, startup_s=round(time.perf_counter() - t0, 2) if self.proc else None)
+            warm = asyncio.run(run_level(url, self.args.endpoint, self.model, 1, 1, None))  # warm-up, not reported
+            if warm["errors"]:
+                print(f"[{self.name}] warm-up failed: {warm['error_samples']}", flush=True)
+            return True
+        except Exception as e:  # report and carry on with the other targets
+            self.out["error"] = f"{type(e).__name__}: {e}"
+            print(f"[{self.name}] FAILED: {self.out['error']}", flush=True)
+            self.stop()
+            return False
+
+    def run(self, conc: int, n: int, tag: str = "") -> dict[str, Any] | None:
+        print(f"[{self.name}] concurrency {conc}, {n} requests{tag} ...", flush=True)
+        try:
+            pid = self.proc.pid if self.proc else pid_on_port(self.out["url"])
+            res = asyncio.run(run_level(self.out["url"], self.args.endpoint, self.model, conc, n, pid))
+        except Exception as e:
+            self.out["error"] = f"{type(e).__name__}: {e}"
+            print(f"[{self.name}] FAILED: {self.out['error']}", flush=True)
+            return None
+        if res["errors"]:
+            print(f"[{self.name}]   {res['errors']} errors, e.g. {res['error_samples'][0]}", flush=True)
+        return res
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if "error" in self.out or any(lv["errors"] for lv in self.out["levels"]):
+            tail = self.log_path.read_text(errors="replace").splitlines()[-25:]
+            self.out["server_log_tail"] = tail
+            print(f"[{self.name}] server log tail:\n  " + "\n  ".join(tail), flush=True)
+
+
+def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's result over rounds: sums of counts, medians of the measurements, each round kept."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for k in ("requests", "ok", "errors", "short", "output_tokens"):
+        out[k] = sum(r[k] for r in runs)
+    out["error_samples"] = [e for r in runs for e in r["error_samples"]][:3]
+    for k, v in runs[0].items():
+        if k not in out or k in ("concurrency", "requests", "ok", "errors", "short", "output_tokens", "error_samples"):
+            continue
+        vals = [r[k] for r in runs if isinstance(r.get(k), int | float)]
+        if isinstance(v, int | float) or v is None:
+            out[k] = round(float(np.median(vals)), 2) if vals else None
+    out["rounds"] = runs
     return out
+
+
+def bench_servers(names: list[str], args: argparse.Namespace, levels: list[tuple[int, int]]) -> dict[str, Any]:
+    """Every server target at every level. With --rounds N > 1 all targets are started first and each level
+    is run N times, alternating targets (order rotated each round), so that a slow spell of a noisy machine
+    hits every target alike; each metric is the median over rounds, and the ratios are medians of per-round
+    (paired) ratios."""
+    urls = {"llmaas": args.llmaas_url, "peer": args.peer_url}
+    targets = [Target(n, urls.get(n), args) for n in names]
+    try:
+        if args.rounds <= 1:  # one server at a time: they never share the CPUs, even idle
+            for t in targets:
+                if t.start():
+                    for conc, n in levels:
+                        if (res := t.run(conc, n)) is not None:
+                            t.out["levels"].append(res)
+                t.stop()
+            return {t.name: t.out for t in targets}
+        live = [t for t in targets if t.start()]
+        for conc, n in levels:
+            runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in live}
+            for r in range(args.rounds):
+                for t in live[r % len(live):] + live[: r % len(live)] if live else []:
+                    if (res := t.run(conc, n, f", round {r + 1}/{args.rounds}")) is not None:
+                        runs[t.name].append(res)
+            for t in live:
+                if runs[t.name]:
+                    t.out["levels"].append(median_level(runs[t.name]))
+    finally:
+        for t in targets:
+            t.stop()
+    return {t.name: t.out for t in targets}
 
 
 def bench_native(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,23 +410,29 @@ def print_table(name: str, res: dict[str, Any]) -> None:
         print(" ".join(f"{'-' if lv[c] is None else lv[c]:>8}" for c in cols))
 
 
+def level_ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    """a/b for one metric; over rounds, the median of the per-round ratios (each pair ran back to back)."""
+    if "rounds" in a and "rounds" in b:
+        rs = [x for ra, rb in zip(a["rounds"], b["rounds"], strict=False) if (x := ratio(ra[key], rb[key])) is not None]
+        return round(float(np.median(rs)), 3) if rs else None
+    return ratio(a[key], b[key])
+
+
 def compute_ratios(targets: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     lm = {lv["concurrency"]: lv for lv in targets.get("llmaas", {}).get("levels", [])}
-    peer = {lv["concurrency"]: lv for lv in targets.get("peer", {}).get("levels", [])}
-    for c in sorted(set(lm) & set(peer)):
-        out[f"tok_s_llmaas_over_peer@{c}"] = ratio(lm[c]["tok_s"], peer[c]["tok_s"])
-        out[f"ttft_p50_llmaas_over_peer@{c}"] = ratio(lm[c]["ttft_p50_ms"], peer[c]["ttft_p50_ms"])
-    cpp = {lv["concurrency"]: lv for lv in targets.get("llama-server", {}).get("levels", [])}
-    for c in sorted(set(lm) & set(cpp)):
-        out[f"tok_s_llmaas_over_llama_server@{c}"] = ratio(lm[c]["tok_s"], cpp[c]["tok_s"])
-        out[f"ttft_p50_llmaas_over_llama_server@{c}"] = ratio(lm[c]["ttft_p50_ms"], cpp[c]["ttft_p50_ms"])
+    for other, label in (("peer", "peer"), ("llama-server", "llama_server")):
+        them = {lv["concurrency"]: lv for lv in targets.get(other, {}).get("levels", [])}
+        for c in sorted(set(lm) & set(them)):
+            out[f"tok_s_llmaas_over_{label}@{c}"] = level_ratio(lm[c], them[c], "tok_s")
+            out[f"ttft_p50_llmaas_over_{label}@{c}"] = level_ratio(lm[c], them[c], "ttft_p50_ms")
     native = targets.get("native", {}).get("ms_per_token")
     if 1 in lm and native:
         out["itl_p50@1_llmaas_over_native"] = ratio(lm[1]["itl_p50_ms"], native)
         out["tpot_p50@1_llmaas_over_native"] = ratio(lm[1]["tpot_p50_ms"], native)
         out["itl_target_met"] = bool(out["itl_p50@1_llmaas_over_native"] is not None
                                      and out["itl_p50@1_llmaas_over_native"] <= 1.1)
+    peer = {lv["concurrency"]: lv for lv in targets.get("peer", {}).get("levels", [])}
     if 1 in peer and native:
         out["itl_p50@1_peer_over_native"] = ratio(peer[1]["itl_p50_ms"], native)
     return out
@@ -372,6 +448,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma list of concurrency levels")
     ap.add_argument("--requests", type=int, default=None, help="requests per level [default max(8, 2*c)]")
     ap.add_argument("--quick", action="store_true", help="smoke run: levels 1,4 and few requests")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run each level N times, alternating targets (all started at once); report medians and "
+                         "median paired ratios. For a noisy machine. [default 1: one target at a time]")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads for every target")
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--llmaas-url", default=None, help="use this running llmaas server instead of starting one")
@@ -386,16 +465,13 @@ def main() -> None:
     concs = [1, 4] if args.quick and args.concurrency == "1,4,16,32" else [int(c) for c in args.concurrency.split(",")]
     levels = [(c, args.requests or (max(2, c) if args.quick else max(8, 2 * c))) for c in concs]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
-    for t in targets:
-        if t in ("llmaas", "peer", "llama-server"):
-            url = {"llmaas": args.llmaas_url, "peer": args.peer_url}.get(t)
-            results[t] = bench_server(t, url, args, levels)
-        elif t == "native":
-            print("[native] in-process llama_cpp.Llama streaming ...", flush=True)
-            results[t] = bench_native(args)
-        else:
-            ap.error(f"unknown target {t!r}")
+    unknown = [t for t in targets if t not in ("llmaas", "peer", "llama-server", "native")]
+    if unknown:
+        ap.error(f"unknown target {unknown[0]!r}")
+    results: dict[str, Any] = bench_servers([t for t in targets if t != "native"], args, levels)
+    if "native" in targets:
+        print("[native] in-process llama_cpp.Llama streaming ...", flush=True)
+        results["native"] = bench_native(args)
 
     for t in ("llmaas", "peer", "llama-server"):
         if t in results:
@@ -410,6 +486,7 @@ def main() -> None:
     doc = {
         "config": {"max_tokens": MAX_TOKENS, "threads": args.threads, "endpoint": args.endpoint,
                    "levels": [{"concurrency": c, "requests": n} for c, n in levels], "quick": args.quick,
+                   "rounds": args.rounds,
                    "gguf": gguf_path(), "prompts": len(PROMPTS), "eos_logit_bias": EOS_BIAS, "ignore_eos": True},
         "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                 "llama_cpp_python": version("llama-cpp-python"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
