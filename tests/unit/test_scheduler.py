@@ -185,3 +185,24 @@ async def test_embeddings_and_scoring_run_on_threads_that_end_with_the_call():
         with pytest.raises(ValueError):  # errors reach the caller
             runner.score = spy(lambda *a: (_ for _ in ()).throw(ValueError("boom")))
             await engine.score([1, 2], 1)
+
+
+async def test_a_small_common_prefix_does_not_evict_a_cached_prompt():
+    async with running(n_slots=4, context_size=256, max_batch_tokens=64) as (engine, _):
+        a, b = list(b"What is the capital of France?"), list(b"What is the answer to the big question?")
+        await _run(engine, "a1", a, 2)
+        await _run(engine, "b", b, 2)  # 12 tokens in common, under half of b: an empty slot, not a's
+        _, out = await _run(engine, "a2", a, 2)
+        assert out.cached_tokens == len(a) - 1
+
+
+async def test_when_no_slot_is_empty_the_least_recently_used_is_overwritten():
+    async with running(n_slots=2, context_size=256, max_batch_tokens=64) as (engine, _):
+        a, b, c = list(b"first prompt here"), list(b"second prompt here"), list(b"third prompt here")
+        await _run(engine, "a", a, 2)
+        await _run(engine, "b", b, 2)
+        _, out = await _run(engine, "a2", a, 2)  # a is now the most recently used
+        assert out.cached_tokens == len(a) - 1
+        await _run(engine, "c", c, 2)  # evicts b, not a
+        _, out = await _run(engine, "a3", a, 2)
+        assert out.cached_tokens == len(a) - 1

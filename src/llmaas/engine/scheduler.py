@@ -67,6 +67,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what this slot's KV cache holds, in order
     adapter: str | None = None  # the adapter those tokens were computed under
     seq: _Seq | None = None
+    used_at: int = 0  # admission counter when a request last took it (least recently used goes first)
 
 
 @dataclass(eq=False)
@@ -150,6 +151,7 @@ class BatchScheduler:
         self.steps = 0
         self.decodes = 0
         self._adapter: str | None = None  # the adapter the runner was last set to
+        self._admitted = 0
         self._eog = set(runner.eog_tokens())
 
     # -- called from other threads -------------------------------------------------------------
@@ -272,16 +274,19 @@ class BatchScheduler:
                 out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
                 continue
             own = {i: _reusable(self._slots[i], prompt, adapter) for i in free}
+            # Own KV counts for the choice only when it is a real share of the prompt: a 3-token "What is
+            # the" in common is not worth overwriting another prompt's cache (repeated prompts missed it).
+            worth = {i: n if 2 * n >= len(prompt) or n >= _MIN_COPY_GAIN else 0 for i, n in own.items()}
             # The slot that widens the range of running slots least first: llama.cpp splits a step into one
             # ubatch per run of consecutive sequence ids and runs attention over the range of KV streams a
-            # ubatch touches, so a running set with a gap costs an extra ubatch every step (4 streams on
-            # slots spread by prefix reuse: 43 ms per step against 35 ms for llama-server). Then most
+            # ubatch touches, so a running set with a gap costs an extra ubatch every step. Then the most
             # reusable KV (a prefix elsewhere is copied below when that saves enough); then an empty slot
-            # (keeps other prompts' KV for reuse); then the lowest.
+            # (keeps other prompts' KV for reuse); then the least recently used; then the lowest.
             busy = [i for i, s in enumerate(self._slots) if s.seq is not None]
             lo, hi = (min(busy), max(busy)) if busy else (0, len(self._slots))
             slot_id = max(free, key=lambda i, lo=lo, hi=hi: (
-                -(max(0, i - hi) + max(0, lo - i)), own[i], not self._slots[i].tokens, -i))
+                -(max(0, i - hi) + max(0, lo - i)), worth[i], not self._slots[i].tokens,
+                -self._slots[i].used_at, -i))
             free.remove(slot_id)
             reuse = own[slot_id]
             src, src_len = -1, reuse + _MIN_COPY_GAIN - 1
@@ -291,6 +296,8 @@ class BatchScheduler:
                     if n > src_len:
                         src, src_len = i, n
             slot = self._slots[slot_id]
+            self._admitted += 1
+            slot.used_at = self._admitted
             if src >= 0:
                 self.runner.kv_remove(slot_id, 0)
                 self.runner.kv_copy(src, slot_id, src_len)
