@@ -188,10 +188,11 @@ class BatchScheduler:
 
     # -- scheduler thread ----------------------------------------------------------------------
     def _loop(self) -> None:
-        try:
-            self.s_per_token = self.runner.prefill_cost()
-        except Exception:  # serving works without it: first come, first served until a step is measured
-            log.exception("measuring the prefill cost failed")
+        if self.prefill_step_s:  # only the time cap needs an estimate before the first step is measured
+            try:
+                self.s_per_token = self.runner.prefill_cost()
+            except Exception:  # serving works without it: no cap until a step is measured
+                log.exception("measuring the prefill cost failed")
         while not self._stop:
             idle = not self._waiting and self.running_count == 0
             self._drain_inbox(block=idle)

@@ -78,7 +78,10 @@ async def _evaluate(ctx: JobContext, rows: list[Row], labels: list[str], results
                 continue
             base, adapter, path = _resolve(ctx, model)
             if base not in engines:
-                engines[base] = build_engine(ctx.settings, model_spec(ctx.settings, base))
+                # Batch work: no per-step prefill cap (and so no start-up cost measurement, which would
+                # compete for the CPU with the serving process right when a job has just finished).
+                engines[base] = build_engine(ctx.settings.model_copy(update={"prefill_step_ms": 0.0}),
+                                             model_spec(ctx.settings, base))
                 await engines[base].start()
             engine = engines[base]
             if adapter is not None:
