@@ -326,16 +326,15 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One level's result over rounds: sums of counts, medians of the measurements, each round kept."""
     if len(runs) == 1:
         return runs[0]
+    counts = ("requests", "ok", "errors", "short", "output_tokens")
     out = dict(runs[0])
-    for k in ("requests", "ok", "errors", "short", "output_tokens"):
-        out[k] = sum(r[k] for r in runs)
-    out["error_samples"] = [e for r in runs for e in r["error_samples"]][:3]
     for k, v in runs[0].items():
-        if k not in out or k in ("concurrency", "requests", "ok", "errors", "short", "output_tokens", "error_samples"):
-            continue
-        vals = [r[k] for r in runs if isinstance(r.get(k), int | float)]
-        if isinstance(v, int | float) or v is None:
+        if k in counts:
+            out[k] = sum(r[k] for r in runs)
+        elif k != "concurrency" and (v is None or isinstance(v, int | float)):
+            vals = [r[k] for r in runs if isinstance(r.get(k), int | float)]
             out[k] = round(float(np.median(vals)), 2) if vals else None
+    out["error_samples"] = [e for r in runs for e in r["error_samples"]][:3]
     out["rounds"] = runs
     return out
 
