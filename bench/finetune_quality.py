@@ -108,10 +108,11 @@ def scores(gold: list[str], pred: list[str | None], labels: list[str]) -> dict:
             "unparsed": sum(p is None for p in pred)}
 
 
-def start_server(data_dir: Path, port: int, threads: int | None) -> tuple[object, str]:
+def start_server(data_dir: Path, port: int, threads: int | None, env: dict[str, str] | None = None
+                 ) -> tuple[object, str]:
     import subprocess
 
-    env = {**os.environ, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
+    env = {**os.environ, "LLMAAS_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     cmd = [sys.executable, "-m", "llmaas.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
            "--max-seqs", "16", "--log-level", "warning", *(["--threads", str(threads)] if threads else [])]
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server

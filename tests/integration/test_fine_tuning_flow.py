@@ -187,10 +187,14 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(ft_server, tenan
         time.sleep(0.3)
     victims = worker_pids(ft_server)
     assert victims
+    # Jobs run at a lower CPU priority than serving (LLMAAS_WORKER_NICE, default 10), restarted workers too.
+    assert [psutil.Process(p).nice() for p in victims] == [10] * len(victims)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     done = wait_for(c, job.id, ("succeeded", "failed", "cancelled"), timeout=600)
     assert done.status == "succeeded", done.error
     messages = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=500).data]
     assert any("resuming from step-" in m for m in messages), messages[:10]
-    assert set(worker_pids(ft_server)).isdisjoint(victims)  # the supervisor restarted the worker
+    restarted = worker_pids(ft_server)
+    assert restarted and set(restarted).isdisjoint(victims)  # the supervisor restarted the worker
+    assert [psutil.Process(p).nice() for p in restarted] == [10] * len(restarted)

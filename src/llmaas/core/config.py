@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     master_key: str | None = None  # base64 of 32 bytes; default: <data_dir>/master.key, created 0600
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     workers: int = Field(default=1, ge=0)  # worker processes `serve` starts (embedded mode); 0 = run your own
+    # CPU priority (nice) of embedded workers: training and evals take the CPU serving leaves idle and yield it
+    # to requests, so a job finishing or starting does not stall first tokens. 0 = same priority as serving.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     job_lease_s: float = Field(default=30.0, gt=0)  # a dead worker's job is picked up again after this
     max_adapters: int = Field(default=8, ge=1)  # LoRA adapters loaded per base model (LRU beyond)
     # Stored completions (`store: true`) and evals

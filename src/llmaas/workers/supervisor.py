@@ -32,15 +32,18 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
+def _child_setup(nice: int) -> None:
     """In the child, before exec: get SIGTERM when the server dies, however it dies (Linux), so no worker
-    outlives its server; the job it held is handed back or resumed by the next worker."""
+    outlives its server (the job it held is handed back or resumed by the next worker); and lower its CPU
+    priority, so training and eval threads yield the cores to the serving threads whenever both want them."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if nice:
+        os.nice(nice)
 
 
 class WorkerSupervisor:
@@ -52,8 +55,9 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "llmaas.cli", "worker"]
-        p = subprocess.Popen(cmd, env=worker_env(self.settings), preexec_fn=_die_with_parent)
-        log.info("started worker process %d", p.pid)
+        nice = self.settings.worker_nice
+        p = subprocess.Popen(cmd, env=worker_env(self.settings), preexec_fn=lambda: _child_setup(nice))
+        log.info("started worker process %d (nice %d)", p.pid, nice)
         return p
 
     def start(self) -> None:
