@@ -78,6 +78,24 @@ async def test_kv_of_a_busy_slot_is_copied_only_for_a_prefix_worth_a_stream_copy
         assert out.cached_tokens == (len(shared) if expect_copy else 0)
 
 
+@pytest.mark.parametrize(("s_per_token", "expect_copy"), [(0.003, True), (0.0001, False)])
+async def test_a_short_prefix_is_copied_when_its_prefill_costs_more_than_the_stream_copy(s_per_token, expect_copy):
+    """With a prefill cost estimate the copy threshold follows it: at 3 ms a token (this CPU), 6 shared tokens
+    cost more to prefill than copying a 2048-cell stream (~5 ms); at 0.1 ms a token (a GPU) they do not."""
+    async with running(prefill_step_s=0.2, n_slots=4, context_size=2048, max_batch_tokens=64,
+                       s_per_token=s_per_token) as (engine, runner):
+        copies: list[tuple[int, int, int]] = []
+        real_copy = runner.kv_copy
+        runner.kv_copy = lambda s, d, n: (copies.append((s, d, n)), real_copy(s, d, n))[1]
+        busy = engine.generate(GenerationRequest("a", list(b"short:first"),
+                                                 SamplingParams(max_tokens=4000, temperature=0)))
+        await busy.__anext__()
+        _, out = await _run(engine, "b", list(b"short:second"), 2)
+        await busy.aclose()
+        assert bool(copies) == expect_copy
+        assert out.cached_tokens == (6 if expect_copy else 0)
+
+
 async def test_new_requests_take_the_lowest_free_slot():
     """Running sequences stay packed into low slots: llama.cpp's attention spans the range of streams a step uses."""
     async with running(8, n_slots=8, context_size=256, max_batch_tokens=64) as (engine, runner):
