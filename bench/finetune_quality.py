@@ -108,6 +108,14 @@ def scores(gold: list[str], pred: list[str | None], labels: list[str]) -> dict:
             "unparsed": sum(p is None for p in pred)}
 
 
+def new_tenant(url: str, admin_key: str = ADMIN_KEY) -> tuple[str, OpenAI]:
+    """A fresh tenant's member key, and an SDK client with it."""
+    admin = httpx.Client(base_url=f"{url}/v1/admin", headers={"Authorization": f"Bearer {admin_key}"}, timeout=60)
+    tenant = admin.post("/tenants", json={"name": "bench-" + uuid.uuid4().hex[:6]}).json()["id"]
+    key = admin.post(f"/tenants/{tenant}/keys", json={"role": "member"}).json()["key"]
+    return key, OpenAI(base_url=f"{url}/v1", api_key=key, timeout=300)
+
+
 def start_server(data_dir: Path, port: int, threads: int | None, env: dict[str, str] | None = None
                  ) -> tuple[object, str]:
     import subprocess
@@ -154,11 +162,7 @@ def main() -> None:
     else:
         proc, url = start_server(Path(tempfile.mkdtemp(prefix="llmaas-ftq-")), args.port, args.threads)
     try:
-        admin = httpx.Client(base_url=f"{url}/v1/admin", headers={"Authorization": f"Bearer {args.admin_key}"},
-                             timeout=60)
-        tenant = admin.post("/tenants", json={"name": "bench-" + uuid.uuid4().hex[:6]}).json()["id"]
-        key = admin.post(f"/tenants/{tenant}/keys", json={"role": "member"}).json()["key"]
-        client = OpenAI(base_url=f"{url}/v1", api_key=key, timeout=120)
+        key, client = new_tenant(url, args.admin_key)
 
         print(f"{args.dataset}: {len(train)} train / {len(test)} test rows, labels {labels}", file=sys.stderr)
         base_pred, base_s = asyncio.run(classify(url, key, MODEL, test, labels, args.concurrency))

@@ -20,11 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import httpx
-from finetune_quality import ADMIN_KEY, MODEL, RESULTS, load, start_server, to_chat
+from finetune_quality import MODEL, RESULTS, load, new_tenant, start_server, to_chat
 from openai import OpenAI
 
 LABELS = ["positive", "negative"]
@@ -51,10 +49,7 @@ def one(nice: int, a: argparse.Namespace) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"llmaas-jobs-nice{nice}-"))
     proc, url = start_server(data_dir, a.port + nice, a.threads, {"LLMAAS_WORKER_NICE": str(nice)})
     try:
-        h = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        t = httpx.post(f"{url}/v1/admin/tenants", headers=h, json={"name": f"jobs-{uuid.uuid4().hex[:6]}"}).json()
-        key = httpx.post(f"{url}/v1/admin/tenants/{t['id']}/keys", headers=h, json={"role": "member"}).json()["key"]
-        c = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300)
+        _, c = new_tenant(url)
         idle = [probe(c) for _ in range(5)]
         train = c.files.create(file=("train.jsonl", to_chat(load("rotten_tomatoes", "train", a.rows), LABELS)),
                                purpose="fine-tune")

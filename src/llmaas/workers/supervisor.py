@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ class WorkerSupervisor:
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "llmaas.cli", "worker"]
         nice = self.settings.worker_nice
-        p = subprocess.Popen(cmd, env=worker_env(self.settings), preexec_fn=lambda: _child_setup(nice))
+        p = subprocess.Popen(cmd, env=worker_env(self.settings), preexec_fn=functools.partial(_child_setup, nice))
         log.info("started worker process %d (nice %d)", p.pid, nice)
         return p
 
