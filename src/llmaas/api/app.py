@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from llmaas import __version__
 from llmaas.api.errors import install_error_handlers
+from llmaas.api.input_guard import InputGuardMiddleware
 from llmaas.api.middleware import RequestIdMiddleware
 from llmaas.api.routers import (
     admin,
@@ -72,6 +73,9 @@ def create_app(
     app.state.engines = engines or {}
     app.state.control = None
     install_error_handlers(app)
+    # Starlette runs the last-added middleware first: the request id, then the guard, so even a refused
+    # body answers with an x-request-id.
+    app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
               files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router):

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite (WAL) file in the data dir
     redis_url: str | None = None  # shared rate limits across gateway processes; in-process when unset
     log_level: str = "info"
+    # JSON request bodies above this many bytes are refused with 413 (uploads keep max_file_bytes).
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     # Control plane
     auth: bool = True  # False: no keys, limits or metering (single-user / benchmarking the bare server)
