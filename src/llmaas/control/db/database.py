@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmaas.control.db import json_text
+
 log = logging.getLogger("llmaas.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -32,7 +34,10 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
-        kw: dict = {"echo": echo, "future": True}
+        # json_text: lone surrogates become U+FFFD on the way in and out (rows written before the API refused
+        # them still read; see json_text).
+        kw: dict = {"echo": echo, "future": True, "json_serializer": json_text.dumps,
+                    "json_deserializer": json_text.loads}
         if self.is_sqlite:
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
