@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.clock import aware, utcnow
+from llmaas.control.cursors import int_cursor
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
 from llmaas.control.evals import check_file
 from llmaas.control.jobs import newest_first, request_cancel
@@ -137,10 +138,7 @@ def job_events(s: Session, job_id: str, *, after: str | None, limit: int) -> tup
     """Events of a job the caller already checked access to, newest first."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
-        try:
-            stmt = stmt.where(JobEvent.id < int(after.removeprefix("ftevent-")))
-        except ValueError:
-            raise InvalidRequestError("'after' must be an event id.", param="after") from None
+        stmt = stmt.where(JobEvent.id < int_cursor(after, prefix="ftevent-"))
     rows = list(s.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 

@@ -9,15 +9,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmaas.protocol.common import MAX_DAYS, Int32, Metadata, UnixTime
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class LimitsIn(_Strict):
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
-    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (prompt + max completion)")
-    max_parallel: int | None = Field(default=None, ge=1, description="Requests in flight at once")
+    # Stored in 32-bit integer columns: anything larger is refused here rather than by the database.
+    rpm: Int32 | None = Field(default=None, description="Requests per minute")
+    tpm: Int32 | None = Field(default=None, description="Tokens per minute (prompt + max completion)")
+    max_parallel: Int32 | None = Field(default=None, description="Requests in flight at once")
     budget_usd: Decimal | None = Field(default=None, ge=0, description="Spend allowed per budget period")
     budget_period: Literal["daily", "weekly", "monthly"] | None = None
     budget_alert_fraction: float | None = Field(default=None, gt=0, le=1, description="Soft alert threshold")
@@ -27,14 +30,14 @@ class LimitsIn(_Strict):
         return self.model_dump(exclude_unset=True)
 
 
-RetentionDays = Annotated[int | None, Field(ge=1, le=36500,
+RetentionDays = Annotated[int | None, Field(ge=1, le=MAX_DAYS,
                                            description="Days stored chat completions are kept; null: the default")]
 
 
 class TenantCreate(_Strict):
     name: str = Field(min_length=1, max_length=200)
     limits: LimitsIn | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
     store_retention_days: RetentionDays = None
 
 
@@ -42,7 +45,7 @@ class TenantUpdate(_Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool | None = None
     limits: LimitsIn | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
     store_retention_days: RetentionDays = None  # an explicit null goes back to the platform default
 
 
@@ -50,8 +53,8 @@ class KeyCreate(_Strict):
     name: str = Field(default="", max_length=200)
     role: Literal["admin", "owner", "member", "reader"] = "member"
     models: list[str] | None = Field(default=None, description="Allowed model ids; null = all")
-    expires_at: int | None = Field(default=None, description="Unix time")
-    expires_in_days: float | None = Field(default=None, gt=0)
+    expires_at: UnixTime | None = Field(default=None, description="Unix time")
+    expires_in_days: float | None = Field(default=None, gt=0, le=MAX_DAYS)
     limits: LimitsIn | None = None
 
     def expiry(self) -> datetime | None:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmaas.core.errors import InvalidRequestError
+from llmaas.protocol.common import INT32_MAX, Metadata
 
 
 class _Task(BaseModel):
@@ -64,8 +65,8 @@ class EvalCreate(BaseModel):
     file_id: str
     task: Task
     name: str | None = Field(default=None, max_length=200)
-    max_rows: int | None = Field(default=None, ge=1)  # evaluate the file's first N rows
-    metadata: dict[str, str] | None = None
+    max_rows: int | None = Field(default=None, ge=1, le=INT32_MAX)  # evaluate the file's first N rows
+    metadata: Metadata = None
 
     def models(self) -> list[str]:
         models = [self.model] if isinstance(self.model, str) else list(self.model)
@@ -80,4 +81,4 @@ class FineTuneEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file_id: str
     task: Task
-    max_rows: int | None = Field(default=None, ge=1)
+    max_rows: int | None = Field(default=None, ge=1, le=INT32_MAX)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmaas.protocol.common import Metadata
 from llmaas.protocol.evals import FineTuneEval
 
 
@@ -45,7 +46,7 @@ class FineTuneCreate(BaseModel):
     validation_file: str | None = None
     suffix: str | None = Field(default=None, max_length=40)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
     hyperparameters: Hyperparameters | None = None  # legacy top-level form
     method: Method | None = None
     lora: LoraConfig | None = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from llmaas.protocol.openai import check_metadata
+from llmaas.protocol.common import Metadata, UnixTime
 
 
 class _Strict(BaseModel):
@@ -14,12 +14,7 @@ class _Strict(BaseModel):
 
 
 class MetadataUpdate(BaseModel):
-    metadata: dict[str, str] | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        return check_metadata(v)
+    metadata: Metadata = None
 
 
 class FeedbackCreate(_Strict):
@@ -32,11 +27,11 @@ class FeedbackCreate(_Strict):
 class StoredCompletionsSource(_Strict):
     type: Literal["stored_completions"]
     model: str | None = None
-    created_after: int | None = Field(default=None, ge=0, description="Unix seconds, inclusive")
-    created_before: int | None = Field(default=None, ge=0, description="Unix seconds, exclusive")
+    created_after: UnixTime | None = Field(default=None, description="Unix seconds, inclusive")
+    created_before: UnixTime | None = Field(default=None, description="Unix seconds, exclusive")
     min_rating: int | None = Field(default=None, ge=-1, le=1)
     include_corrected: bool = True
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
 
 
 class FileFromSource(_Strict):
@@ -44,4 +39,4 @@ class FileFromSource(_Strict):
 
     purpose: Literal["fine-tune"]
     source: StoredCompletionsSource
-    filename: str = Field(default="stored_completions.jsonl", min_length=1, max_length=300)
+    filename: str = Field(default="stored_completions.jsonl", min_length=1, max_length=255)

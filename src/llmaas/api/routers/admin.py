@@ -17,6 +17,7 @@ from llmaas.control.keys import key_dict
 from llmaas.control.plane import ControlPlane
 from llmaas.control.principal import Context, Limits
 from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
+from llmaas.protocol.common import INT32_MAX, MAX_UNIX_TIME
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -183,8 +184,10 @@ def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = N
 
 @router.get("/audit")
 def audit_log(request: Request, ctx: CurrentContext, tenant_id: str | None = None, action: str | None = None,
-              actor_key_id: str | None = None, target_id: str | None = None, since: int | None = None,
-              until: int | None = None, after: int | None = None,
+              actor_key_id: str | None = None, target_id: str | None = None,
+              since: int | None = Query(default=None, ge=0, le=MAX_UNIX_TIME, description="Unix seconds"),
+              until: int | None = Query(default=None, ge=0, le=MAX_UNIX_TIME, description="Unix seconds"),
+              after: int | None = Query(default=None, ge=0, le=INT32_MAX, description="An audit entry id"),
               limit: int = Query(default=100, ge=1, le=1000)) -> dict:
     cp = _cp(request)
     q = audit.AuditQuery(tenant_id=tenant_id, action=action, actor_key_id=actor_key_id, target_id=target_id,

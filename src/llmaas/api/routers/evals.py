@@ -8,8 +8,8 @@ from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import page
 from llmaas.control import evals
 from llmaas.control import fine_tuning as ft
+from llmaas.control.cursors import int_cursor
 from llmaas.control.plane import ControlPlane
-from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.evals import EvalCreate
 
 router = APIRouter(prefix="/v1/evals", tags=["evals"])
@@ -67,12 +67,7 @@ def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
 def eval_items(eval_id: str, request: Request, ctx: CurrentContext, model: str | None = None,
                after: str | None = None, limit: int = Query(default=50, ge=1, le=1000)) -> dict:
     """Per-row results of one model (default: the eval's first), in file order; `after` is an item id."""
-    idx = None
-    if after is not None:
-        try:
-            idx = int(after.rsplit("#", 1)[-1])
-        except ValueError:
-            raise InvalidRequestError("'after' must be an item id.", param="after") from None
+    idx = None if after is None else int_cursor(after.rsplit("#", 1)[-1], what="an item id")
     with _cp(request).db.session() as s:
         rows, more = evals.items(s, ctx, eval_id, model=model, after=idx, limit=limit)
         return page([evals.item_dict(it) for it in rows], more)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -36,16 +37,17 @@ async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     form = StreamedForm("file", on_file)
     try:
         await form.parse(request)
+        if not upload:
+            raise InvalidRequestError("Missing the 'file' part of the form.", param="file")
+        if "purpose" not in form.fields and upload[0].purpose is None:
+            raise InvalidRequestError("Missing 'purpose' (fine-tune, batch or evals).", param="purpose")
+        f = await asyncio.to_thread(upload[0].finish, form.fields.get("purpose"))
     except BaseException:
+        # Every way out but success removes the partial encrypted file (abort is idempotent, and a no-op
+        # after finish() has moved the file into place).
         for up in upload:
             up.abort()
         raise
-    if not upload:
-        raise InvalidRequestError("Missing the 'file' part of the form.", param="file")
-    if "purpose" not in form.fields and upload[0].purpose is None:
-        upload[0].abort()
-        raise InvalidRequestError("Missing 'purpose' (fine-tune, batch or evals).", param="purpose")
-    f = await asyncio.to_thread(upload[0].finish, form.fields.get("purpose"))
     return file_dict(f)
 
 
@@ -71,8 +73,15 @@ def get_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
 def file_content(file_id: str, request: Request, ctx: CurrentContext) -> StreamingResponse:
     f, chunks = _files(request).content(ctx, file_id)
     media = "text/csv" if f.filename.endswith(".csv") else "application/jsonl"
-    return StreamingResponse(chunks, media_type=media,
-                             headers={"Content-Disposition": f'attachment; filename="{f.filename}"'})
+    return StreamingResponse(chunks, media_type=media, headers={"Content-Disposition": content_disposition(f.filename)})
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` fallback (quotes, backslashes and control or non-ASCII characters
+    replaced) for old clients, and the exact name as RFC 5987 `filename*=UTF-8''...`. Headers are Latin-1 on
+    the wire, so the raw name of a file like 日本語.jsonl cannot go in as it is (that was a 500)."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.delete("/v1/files/{file_id}")

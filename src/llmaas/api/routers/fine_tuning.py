@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query, page
 from llmaas.control import fine_tuning as ft
 from llmaas.control.plane import ControlPlane
-from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.fine_tuning import FineTuneCreate
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
@@ -39,14 +36,9 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
               limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
     """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""
     cp = _cp(request)
-    meta = metadata_query(request)
-    if metadata:
-        try:
-            meta.update(json.loads(metadata))
-        except ValueError:
-            raise InvalidRequestError("'metadata' must be a JSON object.", param="metadata") from None
+    meta = metadata_query(request)  # reads `metadata` itself; the parameter above documents it
     with cp.db.session() as s:
-        rows, more = ft.list_jobs(s, ctx, after=after, limit=limit, metadata=meta or None)
+        rows, more = ft.list_jobs(s, ctx, after=after, limit=limit, metadata=meta)
         return page([ft.job_dict(j) for j in rows], more)
 
 

@@ -10,8 +10,6 @@ from fastapi import APIRouter, Query, Request
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query, page
 from llmaas.control.stored_completions import StoredCompletionService
-from llmaas.core.errors import InvalidRequestError
-from llmaas.protocol.openai import check_metadata
 from llmaas.protocol.stored_completions import FeedbackCreate, MetadataUpdate
 
 router = APIRouter(tags=["stored completions"])
@@ -23,17 +21,10 @@ def _stored(request: Request) -> StoredCompletionService:
     return control_plane(request, "Stored completions").stored
 
 
-def _metadata_query(request: Request) -> dict[str, str] | None:
-    try:
-        return check_metadata(metadata_query(request)) or None
-    except ValueError as e:
-        raise InvalidRequestError(f"Invalid 'metadata' filter: {e}.", param="metadata") from None
-
-
 @router.get("/v1/chat/completions")
 def list_completions(request: Request, ctx: CurrentContext, model: str | None = None, after: str | None = None,
                      limit: int = Limit, order: Literal["asc", "desc"] = "asc") -> dict:
-    items, more = _stored(request).list(ctx, model=model, metadata=_metadata_query(request), after=after,
+    items, more = _stored(request).list(ctx, model=model, metadata=metadata_query(request), after=after,
                                         limit=limit, order=order)
     return page(items, more)
 
