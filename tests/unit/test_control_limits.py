@@ -15,7 +15,8 @@ from tests.unit.conftest import Admin, bearer, chat, make_client
 
 @pytest.fixture
 def admin(tmp_path):
-    with make_client(data_dir=tmp_path, n_slots=8) as c:
+    # per-tenant metric series are opt-in; these tests read them
+    with make_client(data_dir=tmp_path, n_slots=8, settings={"metrics_tenant_labels": True}) as c:
         yield Admin(c)
 
 

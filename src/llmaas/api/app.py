@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from llmaas import __version__
 from llmaas.api.errors import install_error_handlers
 from llmaas.api.input_guard import InputGuardMiddleware
+from llmaas.api.metrics_auth import MetricsAuthMiddleware
 from llmaas.api.middleware import RequestIdMiddleware
 from llmaas.api.routers import (
     admin,
@@ -41,7 +43,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
     engine_metrics = engine_metrics or EngineMetrics(CollectorRegistry())
-    control_metrics = ControlMetrics(engine_metrics.registry)
+    control_metrics = ControlMetrics(engine_metrics.registry, tenant_labels=settings.metrics_tenant_labels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,10 +75,13 @@ def create_app(
     app.state.engines = engines or {}
     app.state.control = None
     install_error_handlers(app)
-    # Starlette runs the last-added middleware first: the request id, then the guard, so even a refused
-    # body answers with an x-request-id.
+    # Starlette runs the last-added middleware first: proxy headers, then the request id, then the guard, so
+    # even a refused body answers with an x-request-id.
     app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsAuthMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
+    if settings.trusted_proxy_list():
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
               files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router):
         app.include_router(r)

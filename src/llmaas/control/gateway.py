@@ -75,8 +75,8 @@ class Gateway:
         lease = uuid.uuid4().hex  # never the client-supplied request id: leases must be unique
         decision = await self.limiter.acquire(scopes, tokens, lease) if scopes else None
         if decision is not None and not decision.ok:
-            self.metrics.rate_limited.labels(p.tenant_id, decision.reason or "").inc()
-            self.metrics.requests.labels(model, p.tenant_id, "rate_limited").inc()
+            self.metrics.rate_limited(p.tenant_id, decision.reason or "")
+            self.metrics.request(model, p.tenant_id, "rate_limited")
             raise self._rate_error(decision.reason or "requests", decision.scope or "", scopes, tokens,
                                    decision.retry_after_s, decision.too_large)
         price = self.catalog.price(model)
@@ -94,8 +94,8 @@ class Gateway:
             except QuotaExceededError:
                 if scopes:
                     await self.limiter.release(scopes, tokens, lease)
-                self.metrics.rate_limited.labels(p.tenant_id, "budget").inc()
-                self.metrics.requests.labels(model, p.tenant_id, "quota_exceeded").inc()
+                self.metrics.rate_limited(p.tenant_id, "budget")
+                self.metrics.request(model, p.tenant_id, "quota_exceeded")
                 raise
         headers = decision.headers() if decision else {}
         return Ticket(self, p, model, endpoint, request_id, lease, tokens, price, scopes, holds, headers)
@@ -126,6 +126,6 @@ class Gateway:
             endpoint=t.endpoint, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
             cached_tokens=t.cached_tokens, cost_pico=cost, latency_ms=(time.perf_counter() - t.started) * 1000,
             status=status, at=utcnow(), holds=t.holds))
-        self.metrics.requests.labels(t.model, t.principal.tenant_id, status).inc()
+        self.metrics.request(t.model, t.principal.tenant_id, status)
         if cost:
-            self.metrics.spend.labels(t.principal.tenant_id).inc(cost / PICO_PER_USD)
+            self.metrics.spend(t.principal.tenant_id, cost / PICO_PER_USD)

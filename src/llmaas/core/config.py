@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -38,6 +39,13 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # JSON request bodies above this many bytes are refused with 413 (uploads keep max_file_bytes).
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For / -Proto is believed. Empty: none, so
+    # a client cannot pick the IP that the bad-key limiter and the audit log see.
+    trusted_proxies: str = ""
+    # /metrics: when set, it needs `Authorization: Bearer <metrics_key>` (or an admin API key); unset, it is
+    # open as before. Per-tenant series (ids and spend) are only exported when metrics_tenant_labels is on.
+    metrics_key: str | None = None
+    metrics_tenant_labels: bool = False
 
     # Control plane
     auth: bool = True  # False: no keys, limits or metering (single-user / benchmarking the bare server)
@@ -63,6 +71,17 @@ class Settings(BaseSettings):
     default_output_usd_per_mtok: str = "0.20"
     default_training_usd_per_mtok: str = "0.50"
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        for item in (x.strip() for x in v.split(",")):
+            if item:
+                ipaddress.ip_network(item, strict=False)  # a ValueError names the bad entry at startup
+        return v
+
+    def trusted_proxy_list(self) -> list[str]:
+        return [x.strip() for x in self.trusted_proxies.split(",") if x.strip()]
+
     @property
     def artifact_dir(self) -> Path:
         return self.data_dir / "artifacts"
@@ -76,7 +95,10 @@ class Settings(BaseSettings):
 
     def prepare_dirs(self) -> None:
         """Create the data dir layout (called by `serve`, not at construction)."""
-        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        # The data dir holds the database, the master key and tenants' encrypted files: owner only when we
+        # create it (an existing one keeps the mode its operator chose).
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.artifact_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def load_settings(**overrides: object) -> Settings:

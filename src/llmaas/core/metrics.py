@@ -46,11 +46,29 @@ class EngineMetrics:
 
 
 class ControlMetrics:
-    """The control-plane metrics: traffic, spend and rejections per tenant."""
+    """The control-plane metrics: traffic, spend and rejections, per tenant only when `tenant_labels` is on.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("llmaas:requests", "Requests by model, tenant and outcome",
-                                ["model", "tenant", "status"], registry=registry)
-        self.spend = Counter("llmaas:spend_usd", "Spend in USD", ["tenant"], registry=registry)
-        self.rate_limited = Counter("llmaas:rate_limited", "Requests refused by a limit",
-                                    ["tenant", "reason"], registry=registry)
+    Tenant ids and their spend are business data: whoever can scrape /metrics would see every tenant, so the
+    per-tenant series are opt-in (LLMAAS_METRICS_TENANT_LABELS); by default the same counters are exported
+    without the tenant label."""
+
+    def __init__(self, registry: CollectorRegistry, *, tenant_labels: bool = False) -> None:
+        self.tenant_labels = tenant_labels
+        t = ["tenant"] if tenant_labels else []
+        self._requests = Counter("llmaas:requests", "Requests by model, tenant and outcome",
+                                 ["model", *t, "status"], registry=registry)
+        self._spend = Counter("llmaas:spend_usd", "Spend in USD", t, registry=registry)
+        self._rate_limited = Counter("llmaas:rate_limited", "Requests refused by a limit",
+                                     [*t, "reason"], registry=registry)
+
+    def _t(self, tenant: str) -> tuple[str, ...]:
+        return (tenant,) if self.tenant_labels else ()
+
+    def request(self, model: str, tenant: str, status: str) -> None:
+        self._requests.labels(model, *self._t(tenant), status).inc()
+
+    def spend(self, tenant: str, usd: float) -> None:
+        (self._spend.labels(*self._t(tenant)) if self.tenant_labels else self._spend).inc(usd)
+
+    def rate_limited(self, tenant: str, reason: str) -> None:
+        self._rate_limited.labels(*self._t(tenant), reason).inc()

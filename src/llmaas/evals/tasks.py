@@ -12,6 +12,7 @@ Row formats:
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,13 +55,23 @@ def _with_system(msgs: list[ChatMessage], system: str | None) -> list[ChatMessag
 
 
 def _fill(template: str, obj: dict, line: int) -> str:
+    """Substitute plain `{field}` placeholders only: never str.format, whose format specs, conversions and
+    attribute access a template stored before the API refused them could still carry."""
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
+    out: list[str] = []
     try:
-        return template.format_map(fields)
+        for literal, name, spec, conversion in string.Formatter().parse(template):
+            out.append(literal)
+            if name is None:
+                continue
+            if not name or name.isdigit() or any(c in name for c in ".[]") or spec or conversion:
+                raise TaskError("the prompt template may only use plain {field} placeholders")
+            out.append(fields[name])
     except KeyError as e:
         raise TaskError(f"line {line}: the prompt template uses {{{e.args[0]}}}, which the row lacks") from None
-    except (ValueError, IndexError) as e:
+    except ValueError as e:
         raise TaskError(f"the prompt template is not a valid format string: {e}") from None
+    return "".join(out)
 
 
 def read_rows(data: bytes, task: dict, max_rows: int | None = None) -> list[Row]:

@@ -6,12 +6,34 @@ reference) or `loss` (cross-entropy of assistant tokens)."""
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.common import INT32_MAX, Metadata
+
+
+def check_prompt_template(template: str) -> str:
+    """Only `{field}` placeholders (and `{{`/`}}` escapes). str.format would also run format specs
+    (`{text:>200000000}` builds a 200 MB string), conversions (`{text!r}`) and attribute or index access
+    (`{text.__class__}`, a way into Python objects): none of them is refused at run time, so they are
+    refused here, with a 400 naming `prompt_template` (raised as is: pydantic passes non-ValueErrors on)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise InvalidRequestError(f"'prompt_template' is not a valid template: {e}.",
+                                  param="prompt_template") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name or name.isdigit() or any(c in name for c in ".[]") or spec or conversion:
+            raise InvalidRequestError(
+                "'prompt_template' may only use plain {field} placeholders (no positional fields, attribute or "
+                f"index access, conversions or format specs); found {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}.", param="prompt_template")
+    return template
 
 
 class _Task(BaseModel):
@@ -33,6 +55,11 @@ class ClassificationTask(_Task):
     # "sum": total log-likelihood of the label's tokens (labels of different lengths compete fairly only if the
     # model ends them with its end-of-turn token, which is scored too); "mean": per token.
     normalization: Literal["sum", "mean"] = "sum"
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _plain_placeholders(cls, v: str) -> str:
+        return check_prompt_template(v)
 
     @field_validator("labels")
     @classmethod

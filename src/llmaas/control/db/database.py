@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmaas.control.db import json_text
@@ -40,6 +42,7 @@ class Database:
                     "json_deserializer": json_text.loads}
         if self.is_sqlite:
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_sqlite_file(self.url)
         else:
             kw.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: Engine = create_engine(self.url, **kw)
@@ -113,3 +116,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file (and its directory) owner-only before SQLite does: it would use the umask
+    (often 0644), and the database holds key hashes, prompts and spend. SQLite gives the -wal and -shm
+    files the database file's mode. An existing file is tightened to 0600 as well."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    p = Path(path)
+    if not p.parent.exists():
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    for f in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if f.stat().st_mode & 0o077:
+                f.chmod(0o600)
