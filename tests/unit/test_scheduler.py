@@ -12,7 +12,8 @@ import pytest
 
 from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.engine import BatchingEngine
-from llmaas.engine.scheduler import BatchScheduler, _Seq
+from llmaas.engine.scheduler import BatchScheduler
+from llmaas.engine.slots import Seq
 from llmaas.engine.types import GenerationRequest, SamplingParams
 
 
@@ -161,9 +162,9 @@ async def test_a_long_prompt_that_has_waited_goes_before_a_newer_short_one():
     runner = FakeRunner(n_slots=2)
     sched = BatchScheduler(runner, lambda _: None, prefill_step_s=0.05)
     sched.s_per_token = 0.001
-    old = _Seq(GenerationRequest("old", [1] * 100, SamplingParams()), arrived=10.0)
+    old = Seq(GenerationRequest("old", [1] * 100, SamplingParams()), arrived=10.0)
     old.pending = [1] * 100  # 0.1 s of prefill left
-    newer = _Seq(GenerationRequest("new", [1] * 10, SamplingParams()), arrived=10.05)
+    newer = Seq(GenerationRequest("new", [1] * 10, SamplingParams()), arrived=10.05)
     newer.pending = [1] * 10
     assert sorted([old, newer], key=sched._prefill_key) == [newer, old]  # 50 ms late, 90 ms shorter: first
     newer.arrived = 10.2  # arrived after the old one's prefill would have finished

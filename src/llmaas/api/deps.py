@@ -72,8 +72,23 @@ class _Unmetered:
     def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
         pass
 
+    async def reserve(self, prompt_tokens: int, max_tokens: int) -> None:
+        pass
+
+    async def abandon(self) -> None:
+        pass
+
     async def settle(self, status: str = "ok") -> None:
         pass
+
+
+async def open_ticket(request: Request, principal: Principal, model: str, endpoint: str) -> Ticket | _Unmetered:
+    """First phase of admission (role, model, request limits), before any work on the prompt; the caller
+    then reserves tokens with `ticket.reserve(prompt_tokens, max_tokens)`, or `abandon`s the ticket."""
+    cp: ControlPlane | None = request.app.state.control
+    if cp is None:
+        return _Unmetered()
+    return await cp.gateway.open(principal, model, endpoint, request_id(request))
 
 
 async def admit(request: Request, principal: Principal, model: str, endpoint: str, prompt_tokens: int,

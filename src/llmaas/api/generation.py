@@ -77,7 +77,7 @@ async def fan_out(
         try:
             async for out in gen:
                 if out.finish_reason == "error":
-                    raise EngineError(out.error or "generation failed")
+                    raise _failure(out)
                 yield 0, out
         finally:
             await gen.aclose()  # aborts the sequence if the consumer stopped early
@@ -109,12 +109,17 @@ async def fan_out(
                 raise item
             else:
                 if item.finish_reason == "error":
-                    raise EngineError(item.error or "generation failed")
+                    raise _failure(item)
                 yield index, item
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _failure(out: GenerationOutput) -> Exception:
+    """The error a failed sequence raises: its own (e.g. a 400 for a grammar) or an engine error."""
+    return out.exc if out.exc is not None else EngineError(out.error or "generation failed")
 
 
 def _fields(p: SamplingParams) -> dict[str, Any]:

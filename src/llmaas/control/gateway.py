@@ -1,7 +1,13 @@
 """Admission and settlement of every billable request: role and model access, rate limits, budget
 reservation, then — whatever happens to the request — settlement of real usage and metering.
 
-    ticket = await gateway.admit(principal, model, "chat.completions", prompt_tokens, max_tokens, rid)
+Admission has two phases, so that a request does no costly work before it is allowed to: `open` checks
+the role, the model and the request-count limits (RPM, parallel) before the prompt is templated and
+tokenized; `reserve` then takes the tokens (TPM) and the worst-case cost (budget), which need the count.
+
+    ticket = await gateway.open(principal, model, "chat.completions", rid)
+    prompt = tokenize(...)                  # may raise: the ticket is settled "rejected"
+    await ticket.reserve(prompt_tokens, max_tokens)
     try: ... ticket.usage(prompt, completion, cached) ...
     finally: await ticket.settle(status)
 """
@@ -19,7 +25,7 @@ from llmaas.control.clock import utcnow
 from llmaas.control.metering import Meter, UsageEvent
 from llmaas.control.money import PICO_PER_USD
 from llmaas.control.principal import SPENDERS, Principal
-from llmaas.control.ratelimit import Limiter, Scope
+from llmaas.control.ratelimit import Decision, Limiter, Scope
 from llmaas.core.errors import ModelNotFoundError, QuotaExceededError, RateLimitError
 from llmaas.core.metrics import ControlMetrics
 
@@ -38,7 +44,7 @@ class Ticket:
     reserved_tokens: int
     price: Price
     scopes: list[Scope]
-    holds: list[Hold]
+    holds: list[Hold] | None
     headers: dict[str, str]
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
@@ -48,6 +54,21 @@ class Ticket:
 
     def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
         self.prompt_tokens, self.completion_tokens, self.cached_tokens = prompt, completion, cached
+
+    async def abandon(self) -> None:
+        """Close a ticket whose request was refused before it ran: return what it holds, meter nothing."""
+        if not self.settled:
+            self.settled = True
+            await self.gateway.release(self)
+
+    async def reserve(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Second phase of admission: tokens (TPM) and budget for `prompt_tokens + max_tokens`. On refusal
+        the ticket is closed (its parallel lease returned, nothing metered) and the error raised."""
+        try:
+            await self.gateway.reserve(self, prompt_tokens, max_tokens)
+        except BaseException:
+            await self.abandon()
+            raise
 
     async def settle(self, status: str = "ok") -> None:
         """Release what was reserved and meter what was used. Safe to call more than once."""
@@ -64,6 +85,13 @@ class Gateway:
 
     async def admit(self, p: Principal, model: str, endpoint: str, prompt_tokens: int, max_tokens: int,
                     request_id: str) -> Ticket:
+        """Both phases at once, for callers that know the token count up front."""
+        ticket = await self.open(p, model, endpoint, request_id)
+        await ticket.reserve(prompt_tokens, max_tokens)
+        return ticket
+
+    async def open(self, p: Principal, model: str, endpoint: str, request_id: str) -> Ticket:
+        """Phase one: role, model access, requests per minute and parallel requests."""
         p.require(*SPENDERS)
         if not p.can_use_model(model):
             raise ModelNotFoundError(model)
@@ -71,34 +99,55 @@ class Gateway:
         if p.key_id:
             scopes.append(Scope(f"key:{p.key_id}", p.key_limits))
         scopes = [s for s in scopes if s.active]
-        tokens = prompt_tokens + max_tokens
         lease = uuid.uuid4().hex  # never the client-supplied request id: leases must be unique
-        decision = await self.limiter.acquire(scopes, tokens, lease) if scopes else None
-        if decision is not None and not decision.ok:
-            self.metrics.rate_limited(p.tenant_id, decision.reason or "")
-            self.metrics.request(model, p.tenant_id, "rate_limited")
-            raise self._rate_error(decision.reason or "requests", decision.scope or "", scopes, tokens,
-                                   decision.retry_after_s, decision.too_large)
-        price = self.catalog.price(model)
+        decision = None
+        if any(s.limits.rpm or s.limits.max_parallel for s in scopes):
+            decision = await self.limiter.acquire(scopes, 0, lease)
+            if not decision.ok:
+                raise self._refused(p, model, decision, scopes, 0)
+        headers = decision.headers() if decision else {}
+        return Ticket(self, p, model, endpoint, request_id, lease, 0, self.catalog.price(model), scopes, [],
+                      headers)
+
+    async def reserve(self, t: Ticket, prompt_tokens: int, max_tokens: int) -> None:
+        """Phase two: tokens per minute and the budget, for the worst case of this request."""
+        p, tokens = t.principal, prompt_tokens + max_tokens
+        if any(s.limits.tpm for s in t.scopes):
+            decision = await self.limiter.acquire(t.scopes, tokens, t.lease, requests=0)
+            if not decision.ok:
+                raise self._refused(p, t.model, decision, t.scopes, tokens)
+            t.reserved_tokens = tokens
+            t.headers.update({k: v for k, v in decision.headers().items() if k.endswith("-tokens")})
         budget_scopes = [BudgetScope("tenant", p.tenant_id, p.tenant_limits, p.tenant_id)]
         if p.key_id:
             budget_scopes.append(BudgetScope("key", p.key_id, p.key_limits, p.tenant_id))
         budget_scopes = [b for b in budget_scopes if b.limits.budget_pico is not None]
-        holds: list[Hold] | None = []
-        if budget_scopes:
-            holds = self.budgets.admit_cached(budget_scopes, price.cost(prompt_tokens, max_tokens))
-        if holds is None:  # a grant must grow first: a database transaction, off the event loop
+        if not budget_scopes:
+            return
+        t.holds = self.budgets.admit_cached(budget_scopes, t.price.cost(prompt_tokens, max_tokens))
+        if t.holds is None:  # a grant must grow first: a database transaction, off the event loop
             try:
-                holds, price = await asyncio.to_thread(self.budgets.admit, budget_scopes, model, prompt_tokens,
-                                                       max_tokens, price)
+                t.holds, t.price = await asyncio.to_thread(self.budgets.admit, budget_scopes, t.model,
+                                                           prompt_tokens, max_tokens, t.price)
             except QuotaExceededError:
-                if scopes:
-                    await self.limiter.release(scopes, tokens, lease)
+                t.holds = []
                 self.metrics.rate_limited(p.tenant_id, "budget")
-                self.metrics.request(model, p.tenant_id, "quota_exceeded")
+                self.metrics.request(t.model, p.tenant_id, "quota_exceeded")
                 raise
-        headers = decision.headers() if decision else {}
-        return Ticket(self, p, model, endpoint, request_id, lease, tokens, price, scopes, holds, headers)
+
+    async def release(self, t: Ticket) -> None:
+        """Return what a refused ticket holds (its parallel lease and reserved tokens), metering nothing."""
+        if t.scopes:
+            await self.limiter.release(t.scopes, t.reserved_tokens, t.lease)
+        if t.holds:
+            self.budgets.release(t.holds, 0)
+
+    def _refused(self, p: Principal, model: str, decision: Decision, scopes: list[Scope],
+                 tokens: int) -> RateLimitError:
+        self.metrics.rate_limited(p.tenant_id, decision.reason or "")
+        self.metrics.request(model, p.tenant_id, "rate_limited")
+        return self._rate_error(decision.reason or "requests", decision.scope or "", scopes, tokens,
+                                decision.retry_after_s, decision.too_large)
 
     def _rate_error(self, reason: str, scope: str, scopes: list[Scope], tokens: int, retry: float,
                     too_large: bool) -> RateLimitError:
@@ -120,7 +169,7 @@ class Gateway:
         if t.scopes:
             await self.limiter.release(t.scopes, t.reserved_tokens - used, t.lease)
         cost = t.price.cost(t.prompt_tokens, t.completion_tokens)
-        self.budgets.release(t.holds, cost)
+        self.budgets.release(t.holds or [], cost)
         self.meter.submit(UsageEvent(
             request_id=t.request_id, tenant_id=t.principal.tenant_id, key_id=t.principal.key_id, model=t.model,
             endpoint=t.endpoint, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,

@@ -68,7 +68,9 @@ def _duration(seconds: float) -> str:
 
 
 class Limiter(Protocol):
-    async def acquire(self, scopes: list[Scope], tokens: int, lease: str) -> Decision: ...
+    async def acquire(self, scopes: list[Scope], tokens: int, lease: str, *, requests: int = 1) -> Decision:
+        """Take `requests` (0 or 1: with 1, also a parallel lease) and `tokens` from every scope, or none."""
+        ...
 
     async def release(self, scopes: list[Scope], refund_tokens: int, lease: str) -> None: ...
 
@@ -86,13 +88,13 @@ class MemoryLimiter:
         level, at = self._buckets.get(name, (float(cap), now))
         return min(float(cap), level + (now - at) * cap / 60.0)
 
-    async def acquire(self, scopes: list[Scope], tokens: int, lease: str) -> Decision:
+    async def acquire(self, scopes: list[Scope], tokens: int, lease: str, *, requests: int = 1) -> Decision:
         now = time.monotonic()
         levels: dict[str, float] = {}
         for sc in scopes:
             lim = sc.limits
-            for kind, cap, cost in (("requests", lim.rpm, 1), ("tokens", lim.tpm, tokens)):
-                if not cap:
+            for kind, cap, cost in (("requests", lim.rpm, requests), ("tokens", lim.tpm, tokens)):
+                if not cap or not cost:
                     continue
                 name = f"{sc.name}:{kind}"
                 level = levels[name] = self._level(name, cap, now)
@@ -100,19 +102,21 @@ class MemoryLimiter:
                     too_large = cost > cap
                     return Decision(False, kind, sc.name, 60.0 if too_large else (cost - level) * 60 / cap,
                                     too_large=too_large)
-            if lim.max_parallel and len(self._parallel.get(sc.name, ())) >= lim.max_parallel:
+            if requests and lim.max_parallel and len(self._parallel.get(sc.name, ())) >= lim.max_parallel:
                 return Decision(False, "parallel", sc.name, 1.0)
         d = Decision(True)
         for sc in scopes:
             lim = sc.limits
             rem_r = rem_t = 0.0
             if lim.rpm:
-                rem_r = levels[f"{sc.name}:requests"] - 1
-                self._buckets[f"{sc.name}:requests"] = (rem_r, now)
+                name = f"{sc.name}:requests"
+                rem_r = levels[name] - requests if name in levels else self._level(name, lim.rpm, now)
+                self._buckets[name] = (rem_r, now)
             if lim.tpm:
-                rem_t = levels[f"{sc.name}:tokens"] - tokens
-                self._buckets[f"{sc.name}:tokens"] = (rem_t, now)
-            if lim.max_parallel:
+                name = f"{sc.name}:tokens"
+                rem_t = levels[name] - tokens if name in levels else self._level(name, lim.tpm, now)
+                self._buckets[name] = (rem_t, now)
+            if requests and lim.max_parallel:
                 self._parallel.setdefault(sc.name, set()).add(lease)
             d.remaining[sc.name] = (lim.rpm, rem_r, lim.tpm, rem_t)
         return d

@@ -8,16 +8,17 @@ from typing import Any
 from llmaas.control.ratelimit import LEASE_TTL_S, Decision, Scope
 
 # KEYS: per scope i (1-based block b = 3*(i-1)): b+1 requests bucket, b+2 tokens bucket, b+3 parallel zset.
-# ARGV: tokens, lease, lease_ttl_s, then per scope: rpm, tpm, max_parallel (0 = no limit).
+# ARGV: tokens, lease, lease_ttl_s, requests (0 or 1), then per scope: rpm, tpm, max_parallel (0 = no limit).
+# With requests 0 only tokens are taken (no request, no parallel lease).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tokens, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local tokens, lease, ttl, requests = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = #KEYS / 3
 local levels = {}
 for i = 0, n - 1 do
-  local caps = {tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])}
-  local costs = {1, tokens}
+  local caps = {tonumber(ARGV[5 + i * 3]), tonumber(ARGV[6 + i * 3])}
+  local costs = {requests, tokens}
   for j = 1, 2 do
     local cap = caps[j]
     if cap > 0 then
@@ -33,15 +34,15 @@ for i = 0, n - 1 do
       end
     end
   end
-  local par = tonumber(ARGV[6 + i * 3])
-  if par > 0 then
+  local par = tonumber(ARGV[7 + i * 3])
+  if par > 0 and requests > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[i * 3 + 3], '-inf', now)
     if redis.call('ZCARD', KEYS[i * 3 + 3]) >= par then return {0, i, 3, '1'} end
   end
 end
 local out = {1}
 for i = 0, n - 1 do
-  local costs = {1, tokens}
+  local costs = {requests, tokens}
   for j = 1, 2 do
     local level = levels[i * 3 + j]
     if level then
@@ -53,7 +54,7 @@ for i = 0, n - 1 do
       table.insert(out, '0')
     end
   end
-  if tonumber(ARGV[6 + i * 3]) > 0 then
+  if tonumber(ARGV[7 + i * 3]) > 0 and requests > 0 then
     redis.call('ZADD', KEYS[i * 3 + 3], now + ttl, lease)
     redis.call('EXPIRE', KEYS[i * 3 + 3], math.ceil(ttl) * 2)
   end
@@ -96,12 +97,12 @@ class RedisLimiter:
     async def ping(self) -> None:
         await self._redis.ping()
 
-    async def acquire(self, scopes: list[Scope], tokens: int, lease: str) -> Decision:
+    async def acquire(self, scopes: list[Scope], tokens: int, lease: str, *, requests: int = 1) -> Decision:
         scopes = [s for s in scopes if s.active]
         if not scopes:
             return Decision(True)
         keys: list[str] = []
-        args: list[Any] = [tokens, lease, LEASE_TTL_S]
+        args: list[Any] = [tokens, lease, LEASE_TTL_S, requests]
         for sc in scopes:
             p = f"{self.prefix}{sc.name}"
             keys += [f"{p}:requests", f"{p}:tokens", f"{p}:parallel"]

@@ -60,6 +60,17 @@ class OverloadedError(LlmaasError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class EngineUnavailableError(LlmaasError):
+    """The model's engine is not running (it stopped, or is being restarted): retry, or alert an operator."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "engine_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class EngineError(LlmaasError):
     status_code = 500
     error_type = "server_error"

@@ -40,6 +40,9 @@ class EngineMetrics:
         self.kv_usage = Gauge(
             "llmaas:kv_cache_usage_perc", "Fraction of KV cache cells in use (0-1)", lbl, registry=registry
         )
+        self.engine_restarts = Counter(
+            "llmaas:engine_restarts", "Scheduler threads replaced after a fault", lbl, registry=registry
+        )
         self.adapters_loaded = Gauge(
             "llmaas:adapters_loaded", "LoRA adapters loaded on the base model", lbl, registry=registry
         )

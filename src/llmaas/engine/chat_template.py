@@ -3,10 +3,13 @@
 The template (from the model's GGUF metadata) is rendered with each message's content replaced by a
 unique marker; the markers split the output into template text, tokenized with special tokens
 parsed, and content, tokenized as plain text. So `<|im_start|>system` typed by a user stays text.
+One regex pass finds every marker, so the work is linear in the rendered length whatever the number
+of messages (a search per marker made 5,000 messages take minutes).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +47,9 @@ class ChatTemplate:
         self, messages: list[ChatMessage], tokenize: Callable[[str, bool], list[int]]
     ) -> list[int]:
         """Render and tokenize; `tokenize(text, special)` is the model's tokenizer."""
-        markers = {f"\x00m{i}{secrets.token_hex(4)}\x00": m.content for i, m in enumerate(messages)}
-        rendered_msgs = [{"role": m.role, "content": k} for k, m in zip(markers, messages, strict=True)]
+        nonce = secrets.token_hex(8)  # unguessable: a message cannot forge a marker
+        marker = re.compile(f"\x00{nonce}:(\\d+)\x00")
+        rendered_msgs = [{"role": m.role, "content": f"\x00{nonce}:{i}\x00"} for i, m in enumerate(messages)]
         try:
             text = self._template.render(
                 messages=rendered_msgs, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
@@ -55,15 +59,14 @@ class ChatTemplate:
         except TemplateError as e:
             raise InvalidRequestError(f"chat template failed to render: {e}", param="messages") from e
         tokens: list[int] = []
-        rest = text
-        while rest:
-            pos, key = min(((rest.find(k), k) for k in markers if k in rest), default=(-1, ""))
-            if pos < 0:
-                tokens += tokenize(rest, True)
-                break
-            if pos:
-                tokens += tokenize(rest[:pos], True)
-            if markers[key]:
-                tokens += tokenize(markers[key], False)
-            rest = rest[pos + len(key):]
+        pos = 0
+        for m in marker.finditer(text):
+            if m.start() > pos:
+                tokens += tokenize(text[pos:m.start()], True)
+            content = messages[int(m.group(1))].content
+            if content:
+                tokens += tokenize(content, False)
+            pos = m.end()
+        if pos < len(text):
+            tokens += tokenize(text[pos:], True)
         return tokens

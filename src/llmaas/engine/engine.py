@@ -9,11 +9,14 @@ submission until the scheduler reports it finished, so a queued or running seque
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from llmaas.core.errors import EngineError, InvalidRequestError, OverloadedError
+from llmaas.core.errors import EngineUnavailableError, InvalidRequestError, OverloadedError
 from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.adapters import AdapterCache
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
@@ -21,6 +24,15 @@ from llmaas.engine.runner import ModelRunner
 from llmaas.engine.scheduler import BatchScheduler
 from llmaas.engine.scoring import ScoreItem
 from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
+
+log = logging.getLogger("llmaas.engine")
+
+# A scheduler thread that dies is replaced at once, at most this many times a minute; after that the engine
+# stays stopped and /health reports it, so that a process supervisor restarts the server.
+MAX_RESTARTS_PER_MIN = 3
+# Above this many characters, templating and tokenizing run on a worker thread: the event loop keeps
+# answering other requests (and /health) while a large prompt is prepared.
+OFF_LOOP_CHARS = 4096
 
 
 class BatchingEngine:
@@ -33,7 +45,11 @@ class BatchingEngine:
         self._max_inflight = runner.n_slots + max_queued
         self._streams: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduler = BatchScheduler(runner, self._emit_threadsafe, metrics, prefill_step_s=prefill_step_s)
+        self._prefill_step_s = prefill_step_s
+        self._metrics = metrics
+        self._scheduler = self._new_scheduler()
+        self._started = self._stopping = False
+        self._restarts: deque[float] = deque()
         self._template = ChatTemplate(
             runner.chat_template(), runner.special_token_text("bos"), runner.special_token_text("eos")
         )
@@ -42,11 +58,44 @@ class BatchingEngine:
         self._adapters = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters, self._adapters_changed)
         self._adapter_of: dict[str, str] = {}  # request id -> the adapter it pins
 
+    def _new_scheduler(self) -> BatchScheduler:
+        return BatchScheduler(self.runner, self._emit_threadsafe, self._metrics, prefill_step_s=self._prefill_step_s,
+                              on_death=self._scheduler_died)
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._scheduler.start()
+        self._started = True
+
+    def _scheduler_died(self, error: BaseException) -> None:
+        """Scheduler thread, as it ends: recovery runs on the event loop, which owns the streams."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._recover, error)
+
+    def _recover(self, error: BaseException) -> None:
+        """Fail every sequence the dead scheduler held (their clients get an error, not a hang), then start a
+        fresh scheduler on a clean KV cache, unless it keeps dying."""
+        failed = GenerationOutput("", [], None, 0, 0, finish_reason="error",
+                                  error=f"engine error: the scheduler stopped ({error!r}); retry the request")
+        self._deliver([(rid, failed) for rid in list(self._streams)])
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > 60:
+            self._restarts.popleft()
+        if len(self._restarts) >= MAX_RESTARTS_PER_MIN:
+            log.critical("model %s: the scheduler stopped %d times in a minute; the engine stays down "
+                         "(/health answers 503)", self.info.model_id, len(self._restarts) + 1)
+            return
+        self._restarts.append(now)
+        for slot in range(self.runner.n_slots):
+            self.runner.kv_remove(slot, 0)
+        self._scheduler = self._new_scheduler()
+        self._scheduler.start()
+        if self._metrics:
+            self._metrics.engine_restarts.labels(self.info.model_id).inc()
+        log.warning("model %s: scheduler restarted after %r", self.info.model_id, error)
 
     async def shutdown(self) -> None:
+        self._stopping = True
         await self._adapters.close()
         await asyncio.to_thread(self._scheduler.shutdown)
         self.runner.close()
@@ -62,6 +111,18 @@ class BatchingEngine:
         if bos is not None and (not toks or toks[0] != bos):
             toks.insert(0, bos)
         return toks
+
+    async def tokenize_chat_async(self, messages: list[ChatMessage]) -> list[int]:
+        """tokenize_chat, off the event loop when the messages are large."""
+        if sum(len(m.content) + 16 for m in messages) <= OFF_LOOP_CHARS:
+            return self.tokenize_chat(messages)
+        return await asyncio.to_thread(self.tokenize_chat, messages)
+
+    async def tokenize_many(self, texts: list[str], *, special: bool = False) -> list[list[int]]:
+        """tokenize for each text, off the event loop when they are large."""
+        if sum(len(t) for t in texts) <= OFF_LOOP_CHARS:
+            return [self.tokenize(t, special=special) for t in texts]
+        return await asyncio.to_thread(lambda: [self.tokenize(t, special=special) for t in texts])
 
     def token_id(self, key: str) -> int | None:
         try:
@@ -89,7 +150,7 @@ class BatchingEngine:
     def check_capacity(self, n: int = 1) -> None:
         """Admission control: raise OverloadedError unless `n` more sequences fit in slots + queue."""
         if not self._scheduler.alive:
-            raise EngineError("the engine is not running")
+            raise EngineUnavailableError(f"the engine of model {self.info.model_id} is not running; retry shortly")
         if len(self._streams) + n > self._max_inflight:
             raise OverloadedError(
                 f"the server is at capacity ({self._max_inflight} sequences running or queued); retry shortly",
@@ -236,4 +297,9 @@ class BatchingEngine:
         )
 
     def healthy(self) -> bool:
+        """Started and running: what readiness needs."""
         return self._scheduler.alive
+
+    def stopped(self) -> bool:
+        """Started once and no longer running (not restarted): what liveness reports."""
+        return self._started and not self._scheduler.alive and not self._stopping

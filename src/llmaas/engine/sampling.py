@@ -21,11 +21,17 @@ from llmaas.engine.types import SamplingParams
 _NEGLIGIBLE = 1e-7  # tokens below this probability are sorted only if the rest cannot reach top_p
 
 
+def rng_seed(seed: int) -> int:
+    """The RNG seed for a request's `seed`. OpenAI's is a signed 64-bit integer (negative ones included);
+    the generators take an unsigned one, so it is taken mod 2^64: distinct seeds stay distinct."""
+    return seed % (1 << 64)
+
+
 class NumpySampler:
     def __init__(self, logits: Callable[[int], np.ndarray], p: SamplingParams, seed: int,
                  eog_tokens: list[int]) -> None:
         self._logits, self._p = logits, p
-        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._rng = np.random.Generator(np.random.PCG64(rng_seed(seed)))
         bias = dict(p.logit_bias)
         if p.ignore_eos:
             bias.update({t: -np.inf for t in eog_tokens})

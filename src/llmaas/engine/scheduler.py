@@ -35,62 +35,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from llmaas.engine.runner import ModelRunner, Sampler, log_softmax
+from llmaas.core.errors import LlmaasError
+from llmaas.engine.runner import ModelRunner, log_softmax
+from llmaas.engine.sampling import rng_seed
+from llmaas.engine.slots import Batch, Seq, Slot, reusable
 from llmaas.engine.text import TextAssembler
 from llmaas.engine.types import GenerationOutput, GenerationRequest, TokenLogprob
 
 log = logging.getLogger("llmaas.engine")
 
 Emit = Callable[[list[tuple[str, GenerationOutput]]], None]
-
-
-@dataclass(eq=False)
-class _Seq:
-    req: GenerationRequest
-    arrived: float
-    slot: int = -1
-    sampler: Sampler | None = None
-    text: TextAssembler | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens not yet in the KV cache
-    n_past: int = 0
-    last_token: int = -1
-    generated: int = 0
-    cached: int = 0
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-
-
-@dataclass(eq=False)
-class _Slot:
-    tokens: list[int] = field(default_factory=list)  # what this slot's KV cache holds, in order
-    adapter: str | None = None  # the adapter those tokens were computed under
-    seq: _Seq | None = None
-    used_at: int = 0  # admission counter when a request last took it (least recently used goes first)
-
-
-@dataclass(eq=False)
-class _Batch:
-    """One decode call of a step: the sequences of one adapter."""
-
-    tokens: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    seq_ids: list[int] = field(default_factory=list)
-    want: list[bool] = field(default_factory=list)
-    fed: list[tuple[_Seq, list[int]]] = field(default_factory=list)
-    samplers: list[tuple[_Seq, int]] = field(default_factory=list)
-
-    def add(self, seq: _Seq, toks: list[int], sample: bool) -> None:
-        for j, t in enumerate(toks):
-            self.tokens.append(t)
-            self.positions.append(seq.n_past + j)
-            self.seq_ids.append(seq.slot)
-            self.want.append(sample and j == len(toks) - 1)
-        self.fed.append((seq, toks))
-        if sample:
-            self.samplers.append((seq, len(self.tokens) - 1))
+OnDeath = Callable[[BaseException], None]
 
 
 @dataclass(eq=False)
@@ -117,29 +75,15 @@ _MIN_COPY_GAIN = 16
 _STREAM_COPY_S_PER_CELL = 3e-6  # SmolLM2 here; a larger model costs more per cell, and per prefilled token
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _reusable(slot: _Slot, prompt: list[int], adapter: str | None) -> int:
-    """How many prompt tokens the slot's KV cache can supply. Only KV computed under the same adapter is
-    valid, and at most len-1 tokens: the last prompt token must be decoded to get logits."""
-    if slot.adapter != adapter:
-        return 0
-    return min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)
-
-
 class BatchScheduler:
     """Owns the runner; everything here runs on the scheduler thread except submit/abort."""
 
     def __init__(
-        self, runner: ModelRunner, emit: Emit, metrics: object | None = None, *, prefill_step_s: float = 0.0
+        self, runner: ModelRunner, emit: Emit, metrics: object | None = None, *, prefill_step_s: float = 0.0,
+        on_death: OnDeath | None = None,
     ) -> None:
         self.runner = runner
+        self._on_death = on_death  # called on the scheduler thread if it ever ends other than by shutdown()
         self.prefill_step_s = prefill_step_s  # 0: no time cap, only max_batch_tokens
         self.s_per_token = 0.0  # prefill cost estimate: measured when the thread starts, refined by steps
         self._emit = emit
@@ -147,8 +91,8 @@ class BatchScheduler:
         self._inbox: queue.SimpleQueue[GenerationRequest | _Call | None] = queue.SimpleQueue()
         self._aborts: set[str] = set()
         self._abort_lock = threading.Lock()
-        self._waiting: deque[_Seq] = deque()
-        self._slots = [_Slot() for _ in range(runner.n_slots)]
+        self._waiting: deque[Seq] = deque()
+        self._slots = [Slot() for _ in range(runner.n_slots)]
         self._thread: threading.Thread | None = None
         self._stop = False
         self.running_count = 0
@@ -193,6 +137,14 @@ class BatchScheduler:
 
     # -- scheduler thread ----------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # a bug outside the per-request guards: the supervisor fails and restarts
+            log.critical("the scheduler thread stopped", exc_info=True)
+            if self._on_death is not None and not self._stop:
+                self._on_death(e)
+
+    def _run(self) -> None:
         if self.prefill_step_s:  # only the time cap needs an estimate before the first step is measured
             try:
                 self.s_per_token = self.runner.prefill_cost()
@@ -204,15 +156,15 @@ class BatchScheduler:
             if self._stop:
                 break
             out: list[tuple[str, GenerationOutput]] = []
-            self._handle_aborts(out)
-            self._admit(out)
             try:
+                self._handle_aborts(out)
+                self._admit(out)
                 self._step(out)
-            except Exception as e:  # a failed decode fails the batch, never the process
-                log.exception("decode step failed")
+            except Exception as e:  # a step that fails fails the running sequences, never the thread
+                log.exception("scheduler step failed")
                 for slot in self._slots:
                     if slot.seq:
-                        self._finish(slot.seq, "error", out, error=f"engine error: {e}")
+                        self._fail(slot.seq, e, out)
             if out:
                 self._emit(out)
             self._update_gauges()
@@ -224,7 +176,7 @@ class BatchScheduler:
                 if isinstance(item, _Call):
                     self._run_call(item)
                 elif item is not None:
-                    self._waiting.append(_Seq(item, time.monotonic()))
+                    self._waiting.append(Seq(item, time.monotonic()))
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -274,58 +226,66 @@ class BatchScheduler:
         free = [i for i, s in enumerate(self._slots) if s.seq is None]
         while self._waiting and free:
             seq = self._waiting.popleft()
-            prompt, adapter = seq.req.prompt_tokens, seq.req.adapter
-            if adapter is not None and not self.runner.has_adapter(adapter):
-                err = f"the LoRA adapter {adapter!r} is not loaded"
-                out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
-                continue
-            own = {i: _reusable(self._slots[i], prompt, adapter) for i in free}
-            # Own KV counts for the choice only when it is a real share of the prompt: a 3-token "What is
-            # the" in common is not worth overwriting another prompt's cache (repeated prompts missed it).
-            worth = {i: n if 2 * n >= len(prompt) or n >= _MIN_COPY_GAIN else 0 for i, n in own.items()}
-            # The slot that widens the range of running slots least first: llama.cpp splits a step into one
-            # ubatch per run of consecutive sequence ids and runs attention over the range of KV streams a
-            # ubatch touches, so a running set with a gap costs an extra ubatch every step. Then the most
-            # reusable KV (a prefix elsewhere is copied below when that saves enough); then an empty slot
-            # (keeps other prompts' KV for reuse); then the least recently used; then the lowest.
-            busy = [i for i, s in enumerate(self._slots) if s.seq is not None]
-            lo, hi = (min(busy), max(busy)) if busy else (0, len(self._slots))
-            slot_id = max(free, key=lambda i, lo=lo, hi=hi: (
-                -(max(0, i - hi) + max(0, lo - i)), worth[i], not self._slots[i].tokens,
-                -self._slots[i].used_at, -i))
-            free.remove(slot_id)
-            reuse = own[slot_id]
-            src, src_len = -1, reuse + self._min_copy_gain() - 1
-            for i, s in enumerate(self._slots):
-                if i != slot_id and s.tokens:
-                    n = _reusable(s, prompt, adapter)
-                    if n > src_len:
-                        src, src_len = i, n
-            slot = self._slots[slot_id]
-            self._admitted += 1
-            slot.used_at = self._admitted
-            if src >= 0:
-                self.runner.kv_remove(slot_id, 0)
-                self.runner.kv_copy(src, slot_id, src_len)
-                reuse = src_len
-            else:
-                self.runner.kv_remove(slot_id, reuse)
-            slot.tokens, slot.adapter = prompt[:reuse], adapter
-            slot.seq = seq
-            seq.slot, seq.n_past, seq.cached = slot_id, reuse, reuse
-            seq.pending = prompt[reuse:]
-            p = seq.req.params
-            seed = p.seed if p.seed is not None else random.getrandbits(32)
-            seq.sampler = self.runner.new_sampler(p, seed)
-            seq.text = TextAssembler(p.stop)
-            self.running_count += 1
-            if self._metrics:
-                self._metrics.prompt_tokens.labels(self.runner.model_id).inc(len(prompt))
+            try:
+                self._place(seq, free, out)
+            except Exception as e:  # this request's own failure (its sampler, its grammar): it alone ends
+                self._fail(seq, e, out)
+
+    def _place(self, seq: Seq, free: list[int], out: list) -> None:
+        """Give `seq` one of the `free` slots (reusing or copying cached KV) and its sampler."""
+        prompt, adapter = seq.req.prompt_tokens, seq.req.adapter
+        if adapter is not None and not self.runner.has_adapter(adapter):
+            err = f"the LoRA adapter {adapter!r} is not loaded"
+            out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
+            return
+        own = {i: reusable(self._slots[i], prompt, adapter) for i in free}
+        # Own KV counts for the choice only when it is a real share of the prompt: a 3-token "What is
+        # the" in common is not worth overwriting another prompt's cache (repeated prompts missed it).
+        worth = {i: n if 2 * n >= len(prompt) or n >= _MIN_COPY_GAIN else 0 for i, n in own.items()}
+        # The slot that widens the range of running slots least first: llama.cpp splits a step into one
+        # ubatch per run of consecutive sequence ids and runs attention over the range of KV streams a
+        # ubatch touches, so a running set with a gap costs an extra ubatch every step. Then the most
+        # reusable KV (a prefix elsewhere is copied below when that saves enough); then an empty slot
+        # (keeps other prompts' KV for reuse); then the least recently used; then the lowest.
+        busy = [i for i, s in enumerate(self._slots) if s.seq is not None]
+        lo, hi = (min(busy), max(busy)) if busy else (0, len(self._slots))
+        slot_id = max(free, key=lambda i, lo=lo, hi=hi: (
+            -(max(0, i - hi) + max(0, lo - i)), worth[i], not self._slots[i].tokens,
+            -self._slots[i].used_at, -i))
+        free.remove(slot_id)
+        reuse = own[slot_id]
+        src, src_len = -1, reuse + self._min_copy_gain() - 1
+        for i, s in enumerate(self._slots):
+            if i != slot_id and s.tokens:
+                n = reusable(s, prompt, adapter)
+                if n > src_len:
+                    src, src_len = i, n
+        slot = self._slots[slot_id]
+        self._admitted += 1
+        slot.used_at = self._admitted
+        slot.tokens, slot.adapter = [], None  # until the KV edits below have succeeded
+        if src >= 0:
+            self.runner.kv_remove(slot_id, 0)
+            self.runner.kv_copy(src, slot_id, src_len)
+            reuse = src_len
+        else:
+            self.runner.kv_remove(slot_id, reuse)
+        slot.tokens, slot.adapter = prompt[:reuse], adapter
+        slot.seq = seq
+        self.running_count += 1
+        seq.slot, seq.n_past, seq.cached = slot_id, reuse, reuse
+        seq.pending = prompt[reuse:]
+        p = seq.req.params
+        seed = rng_seed(p.seed) if p.seed is not None else random.getrandbits(64)
+        seq.sampler = self.runner.new_sampler(p, seed)
+        seq.text = TextAssembler(p.stop)
+        if self._metrics:
+            self._metrics.prompt_tokens.labels(self.runner.model_id).inc(len(prompt))
 
     def _step(self, out: list) -> None:
         room = self.runner.max_batch_tokens
         active = [s.seq for s in self._slots if s.seq is not None]
-        entries: list[tuple[_Seq, list[int], bool]] = []
+        entries: list[tuple[Seq, list[int], bool]] = []
         for seq in active:  # decoding sequences first: one token each
             if not seq.pending:
                 entries.append((seq, [seq.last_token], True))
@@ -345,9 +305,9 @@ class BatchScheduler:
         # Slot order: over one-stream-per-sequence KV, llama.cpp splits a batch into ubatches of consecutive
         # sequence ids with equal token counts, so tokens in slot order make fewer, larger ubatches (13
         # decodes + 3 prompts: 222 ms against 245 ms with the prompts last).
-        groups: dict[str | None, _Batch] = {}  # adapter -> its decode call
+        groups: dict[str | None, Batch] = {}  # adapter -> its decode call
         for seq, toks, sample in sorted(entries, key=lambda e: e[0].slot):
-            groups.setdefault(seq.req.adapter, _Batch()).add(seq, toks, sample)
+            groups.setdefault(seq.req.adapter, Batch()).add(seq, toks, sample)
         t0 = time.perf_counter()
         # The adapter already set goes first: one switch fewer (each costs llama.cpp a graph re-reserve).
         for adapter in sorted(groups, key=lambda a: a != self._adapter):
@@ -363,7 +323,7 @@ class BatchScheduler:
         copy_s = self.runner.context_size * _STREAM_COPY_S_PER_CELL
         return max(2, min(_MIN_COPY_GAIN, math.ceil(copy_s / self.s_per_token)))
 
-    def _prefill_key(self, seq: _Seq) -> float:
+    def _prefill_key(self, seq: Seq) -> float:
         """Expected finish of its prefill had it started on arrival: shortest first, with ageing."""
         return seq.arrived + len(seq.pending) * self.s_per_token
 
@@ -372,7 +332,7 @@ class BatchScheduler:
             return self.runner.max_batch_tokens
         return max(_MIN_PREFILL, int(self.prefill_step_s / self.s_per_token))
 
-    def _decode_group(self, adapter: str | None, b: _Batch, out: list) -> None:
+    def _decode_group(self, adapter: str | None, b: Batch, out: list) -> None:
         try:
             self.runner.set_adapter(adapter)
             self._adapter = adapter
@@ -391,9 +351,27 @@ class BatchScheduler:
                 seq.pending = seq.pending[len(toks):]
         now = time.monotonic()
         for seq, idx in b.samplers:  # now, before the next group's decode replaces the logits
-            self._sample(seq, idx, now, out)
+            try:
+                self._sample(seq, idx, now, out)
+            except Exception as e:  # a sampler fault ends its own sequence only
+                self._fail(seq, e, out)
 
-    def _sample(self, seq: _Seq, idx: int, now: float, out: list) -> None:
+    def _fail(self, seq: Seq, e: Exception, out: list) -> None:
+        """End `seq` with an error: the request's own (an LlmaasError, passed to its client as is) or an
+        engine fault (logged, reported as an engine error)."""
+        own = isinstance(e, LlmaasError)
+        if own:
+            log.info("request %s failed: %s", seq.req.request_id, e)
+        else:
+            log.exception("request %s failed in the engine", seq.req.request_id, exc_info=e)
+        error = str(e) if own else f"engine error: {e}"
+        exc = e if own else None
+        if 0 <= seq.slot < len(self._slots) and self._slots[seq.slot].seq is seq:
+            self._finish(seq, "error", out, error=error, exc=exc)
+        else:
+            out.append((seq.req.request_id, self._output(seq, "", [], None, "error", error, exc)))
+
+    def _sample(self, seq: Seq, idx: int, now: float, out: list) -> None:
         p = seq.req.params
         assert seq.sampler is not None and seq.text is not None
         token = seq.sampler.sample(idx)
@@ -434,13 +412,14 @@ class BatchScheduler:
 
     def _finish(
         self,
-        seq: _Seq,
+        seq: Seq,
         reason: str,
         out: list,
         text: str = "",
         final_tokens: list[int] | None = None,
         lps: list[TokenLogprob] | None = None,
         error: str | None = None,
+        exc: Exception | None = None,
     ) -> None:
         if seq.text is not None and reason not in ("abort", "error") and not seq.text.stopped:
             text += seq.text.flush()
@@ -455,9 +434,9 @@ class BatchScheduler:
             slot.tokens, slot.adapter = [], None
         if self._metrics:
             self._metrics.e2e.labels(self.runner.model_id).observe(time.monotonic() - seq.arrived)
-        out.append((seq.req.request_id, self._output(seq, text, final_tokens or [], lps, reason, error)))
+        out.append((seq.req.request_id, self._output(seq, text, final_tokens or [], lps, reason, error, exc)))
 
-    def _output(self, seq: _Seq, text: str, toks: list[int], lps, reason, error=None) -> GenerationOutput:
+    def _output(self, seq: Seq, text: str, toks: list[int], lps, reason, error=None, exc=None) -> GenerationOutput:
         return GenerationOutput(
             text=text,
             token_ids=toks,
@@ -467,6 +446,7 @@ class BatchScheduler:
             cached_tokens=seq.cached,
             finish_reason=reason,
             error=error,
+            exc=exc,
         )
 
     def _update_gauges(self) -> None:

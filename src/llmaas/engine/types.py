@@ -52,6 +52,9 @@ class GenerationOutput:
     cached_tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: str | None = None
+    # With finish_reason "error": the request's own fault (e.g. a grammar that does not build), which the
+    # client gets as such (a 400); None for an engine fault.
+    exc: Exception | None = None
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,14 @@ from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.grammar import json_grammar
 from llmaas.engine.types import SamplingParams
 
+# Bounds on what one request may ask of the server (documented in the README, "Request limits"): beyond
+# them a request is refused up front instead of costing memory or time before the context check.
+MAX_MESSAGES = 2048
+MAX_INPUTS = 2048  # prompts of a completion, inputs of an embedding
+MAX_TOKEN_IDS = 262_144  # token ids given directly, in all
+MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS = 1024
+
 
 class _Req(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -62,6 +70,17 @@ def check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
     return v
 
 
+def _check_inputs(v: Any) -> Any:
+    """Bounds on a prompt / input given as a list: how many items, how many token ids in all."""
+    if isinstance(v, list):
+        if len(v) > MAX_INPUTS and not all(isinstance(x, int) for x in v):
+            raise ValueError(f"at most {MAX_INPUTS} items per request")
+        n = sum(len(x) if isinstance(x, list) else 1 for x in v if not isinstance(x, str))
+        if n > MAX_TOKEN_IDS:
+            raise ValueError(f"at most {MAX_TOKEN_IDS} token ids per request")
+    return v
+
+
 class _SamplingFields(_Req):
     """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions)."""
 
@@ -76,7 +95,7 @@ class _SamplingFields(_Req):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's: any signed 64-bit integer
     user: str | None = None
     # Extensions (as in vLLM / llama.cpp servers)
     top_k: int = Field(default=0, ge=0)
@@ -92,7 +111,16 @@ class _SamplingFields(_Req):
         stops = [v] if isinstance(v, str) else v
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        if any(len(x) > MAX_STOP_CHARS for x in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_size(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased")
+        return v
 
     def stop_list(self) -> list[str]:
         return list(self.stop or [])
@@ -125,7 +153,7 @@ class _SamplingFields(_Req):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -174,6 +202,11 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
     best_of: int | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_size(cls, v: Any) -> Any:
+        return _check_inputs(v)
+
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, str):
@@ -189,5 +222,10 @@ class EmbeddingRequest(_Req):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _input_size(cls, v: Any) -> Any:
+        return _check_inputs(v)
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None

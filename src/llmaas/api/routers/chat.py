@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 
 from llmaas.api.completion_store import ChoiceCollector, store_completion, wants_store
-from llmaas.api.deps import CurrentPrincipal, admit
+from llmaas.api.deps import CurrentPrincipal, open_ticket
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
     SSE_DONE,
@@ -50,17 +50,23 @@ def _usage(prompt: int, completion: int, cached: int) -> dict:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, response: Response,
                                  principal: CurrentPrincipal):
     engine, adapter = await resolve_model(request, body.model, principal)
-    messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
-    prompt = engine.tokenize_chat(messages)
-    max_tokens = max_tokens_for(
-        engine, len(prompt), body.requested_max_tokens(),
-        "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
-    )
-    params = body.sampling(max_tokens, body.logprobs_k(), body.grammar(), engine.token_id)
+    # Role, model and request limits first: a refused caller costs no templating or tokenizing.
+    ticket = await open_ticket(request, principal, body.model, "chat.completions")
+    try:
+        messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+        prompt = await engine.tokenize_chat_async(messages)
+        max_tokens = max_tokens_for(
+            engine, len(prompt), body.requested_max_tokens(),
+            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+        )
+        params = body.sampling(max_tokens, body.logprobs_k(), body.grammar(), engine.token_id)
+        await ticket.reserve(len(prompt), max_tokens * body.n)
+    except BaseException:
+        await ticket.abandon()
+        raise
     cid, created = new_id("chatcmpl"), now()
     head = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "system_fingerprint": None}
-    ticket = await admit(request, principal, body.model, "chat.completions", len(prompt), max_tokens * body.n)
     store = wants_store(request, body)
 
     if body.stream:

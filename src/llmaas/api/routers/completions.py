@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 
-from llmaas.api.deps import CurrentPrincipal, admit
+from llmaas.api.deps import CurrentPrincipal, open_ticket
 from llmaas.api.errors import sse_error
 from llmaas.api.generation import (
     SSE_DONE,
@@ -57,25 +57,33 @@ async def create_completion(body: CompletionRequest, request: Request, response:
     if body.echo or body.suffix or (body.best_of or 1) > 1:
         param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
         raise InvalidRequestError(f"'{param}' is not supported by this server", param=param)
-    prompts: list[list[int]] = []
-    for p in body.prompts():
-        if isinstance(p, str):
-            prompts.append(engine.tokenize(p, special=True))
-        else:
-            if any(engine.token_id(str(t)) is None for t in p):
-                raise InvalidRequestError("prompt contains a token id outside the vocabulary", param="prompt")
-            prompts.append(list(p))
-    if any(not t for t in prompts):
-        raise InvalidRequestError("prompt must not be empty", param="prompt")
-    max_tokens = min(max_tokens_for(engine, len(t), body.max_tokens, "max_tokens") for t in prompts)
-    params = body.sampling(max_tokens, body.logprobs, None, engine.token_id)
-    n_choices = len(prompts) * body.n
-    prompt_tokens = sum(len(t) for t in prompts)
+    ticket = await open_ticket(request, principal, body.model, "completions")
+    try:
+        items = body.prompts()
+        texts = [p for p in items if isinstance(p, str)]
+        encoded = iter(await engine.tokenize_many(texts, special=True))
+        prompts: list[list[int]] = []
+        for p in items:
+            if isinstance(p, str):
+                prompts.append(next(encoded))
+            else:
+                if any(engine.token_id(str(t)) is None for t in p):
+                    raise InvalidRequestError("prompt contains a token id outside the vocabulary", param="prompt")
+                prompts.append(list(p))
+        if any(not t for t in prompts):
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        max_tokens = min(max_tokens_for(engine, len(t), body.max_tokens, "max_tokens") for t in prompts)
+        params = body.sampling(max_tokens, body.logprobs, None, engine.token_id)
+        n_choices = len(prompts) * body.n
+        prompt_tokens = sum(len(t) for t in prompts)
+        await ticket.reserve(prompt_tokens, max_tokens * n_choices)
+    except BaseException:
+        await ticket.abandon()
+        raise
     cid, created = new_id("cmpl"), now()
     head = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": None}
     want_lp = body.logprobs is not None
-    ticket = await admit(request, principal, body.model, "completions", prompt_tokens, max_tokens * n_choices)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

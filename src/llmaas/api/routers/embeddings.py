@@ -7,7 +7,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from llmaas.api.deps import CurrentPrincipal, admit
+from llmaas.api.deps import CurrentPrincipal, open_ticket
 from llmaas.api.generation import Metered, get_engine
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import EmbeddingRequest
@@ -30,9 +30,23 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, response: 
         raise InvalidRequestError("input must not be empty", param="input")
     if len(items) > 2048:
         raise InvalidRequestError("at most 2048 inputs per request", param="input")
-    tokens = [engine.tokenize(x) if isinstance(x, str) else list(x) for x in items]
-    n = sum(len(t) for t in tokens)
-    ticket = await admit(request, principal, body.model, "embeddings", n, 0)
+    ticket = await open_ticket(request, principal, body.model, "embeddings")
+    try:
+        texts = [x for x in items if isinstance(x, str)]
+        encoded = iter(await engine.tokenize_many(texts))
+        tokens: list[list[int]] = []
+        for x in items:
+            if isinstance(x, str):
+                tokens.append(next(encoded))
+            elif any(engine.token_id(str(t)) is None for t in x):
+                raise InvalidRequestError("input contains a token id outside the vocabulary", param="input")
+            else:
+                tokens.append(list(x))
+        n = sum(len(t) for t in tokens)
+        await ticket.reserve(n, 0)
+    except BaseException:
+        await ticket.abandon()
+        raise
     response.headers.update(ticket.headers)
     async with Metered(ticket, n):
         vectors = await engine.embed(tokens)

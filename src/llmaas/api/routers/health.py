@@ -10,8 +10,12 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+async def health(request: Request) -> JSONResponse:
+    """Liveness: 503 when a model's engine has stopped and did not come back, so a supervisor restarts us."""
+    down = [name for name, e in request.app.state.engines.items() if e.stopped()]
+    if down:
+        return JSONResponse({"status": "unhealthy", "stopped": down}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")

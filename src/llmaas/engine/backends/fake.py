@@ -27,7 +27,7 @@ _ALPHA = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
 class _FakeSampler:
     def __init__(self, runner: FakeRunner, p: SamplingParams, seed: int) -> None:
         self._r, self._p = runner, p
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed % (1 << 64))
 
     def sample(self, batch_index: int) -> int:
         logits = self._r.logits(batch_index).copy()

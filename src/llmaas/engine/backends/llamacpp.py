@@ -82,6 +82,14 @@ def _quiet_llama_logs() -> None:
     L.llama_log_set(_cb, ctypes.c_void_p(0))
 
 
+def seed32(seed: int) -> int:
+    """llama.cpp's samplers take a uint32 seed, and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "random": fold
+    the 64 bits in (small seeds map to themselves) and keep clear of that value."""
+    s = seed % (1 << 64)
+    s = (s ^ (s >> 32)) & 0xFFFFFFFF
+    return s if s != 0xFFFFFFFF else 0xFFFFFFFE
+
+
 class _LlamaSampler:
     """A per-sequence llama.cpp sampler chain, for requests with a grammar (response_format)."""
 
@@ -89,6 +97,14 @@ class _LlamaSampler:
         L = runner.L
         self._L, self._ctx = L, runner.ctx
         self._chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        try:
+            self._build(runner, p, seed)
+        except BaseException:
+            self.close()  # a sampler that fails to build must not leak its chain
+            raise
+
+    def _build(self, runner: LlamaCppRunner, p: SamplingParams, seed: int) -> None:
+        L = runner.L
         add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         bias = dict(p.logit_bias)
         if p.ignore_eos:
@@ -100,13 +116,15 @@ class _LlamaSampler:
         if p.grammar:
             g = L.llama_sampler_init_grammar(runner.vocab, p.grammar.encode(), b"root")
             if not g:
-                L.llama_sampler_free(self._chain)
                 raise InvalidRequestError("the grammar for response_format could not be built",
                                           param="response_format")
             add(g)
         if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            # llama-cpp-python 0.3.36 declares a stale leading `n_vocab` argument that the C function no
+            # longer has; by the x86-64 / AArch64 calling conventions the C side reads the first int as its
+            # penalty_last_n (the window: the whole context) and ignores the second.
             add(L.llama_sampler_init_penalties(
-                runner.context_size, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+                runner.context_size, 0, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
             ))
         if p.temperature <= 0:
             add(L.llama_sampler_init_greedy())
@@ -118,7 +136,7 @@ class _LlamaSampler:
             add(L.llama_sampler_init_top_p(p.top_p, 1))
         if p.min_p > 0:
             add(L.llama_sampler_init_min_p(p.min_p, 1))
-        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        add(L.llama_sampler_init_dist(seed32(seed)))
 
     def sample(self, batch_index: int) -> int:
         return int(self._L.llama_sampler_sample(self._chain, self._ctx, batch_index))
