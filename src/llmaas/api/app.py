@@ -29,14 +29,14 @@ from llmaas.api.routers import (
 from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
-from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.client import EngineClient
 
 log = logging.getLogger("llmaas")
 
 
 def create_app(
     settings: Settings,
-    engines: dict[str, BatchingEngine] | None = None,
+    engines: dict[str, EngineClient] | None = None,
     engine_metrics: EngineMetrics | None = None,
 ) -> FastAPI:
     """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
@@ -56,7 +56,7 @@ def create_app(
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
-                     e.info.context_size, e.runner.n_slots)
+                     e.info.context_size, e.info.n_slots)
         # Everything loaded so far lives as long as the process: move it out of the collector's sight.
         # Full collections over it paused the event loop for 70-140 ms (every request waited, /health too).
         gc.collect()
