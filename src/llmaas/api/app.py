@@ -30,6 +30,7 @@ from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
 from llmaas.engine.client import EngineClient
+from llmaas.serving.models import ServedModels
 
 log = logging.getLogger("llmaas")
 
@@ -53,6 +54,7 @@ def create_app(
             app.state.control = await ControlPlane.open(settings, control_metrics, list(app.state.engines))
         else:
             log.warning("auth is disabled (LLMAAS_AUTH=false): no API keys, limits or metering")
+        app.state.served = ServedModels(app.state.engines, app.state.control)
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
@@ -76,6 +78,7 @@ def create_app(
     app.state.engine_metrics = engine_metrics
     app.state.engines = engines or {}
     app.state.control = None
+    app.state.served = ServedModels(app.state.engines, None)  # replaced once the lifespan has built both
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
