@@ -84,11 +84,6 @@ class ServedModels:
             return Unmetered()
         return await self.control.gateway.open(principal, model, endpoint, request_id)
 
-    @property
-    def can_store(self) -> bool:
-        """Stored completions need the control plane: without it there is no tenant to keep them for."""
-        return self.control is not None
-
 
 def max_tokens_for(engine: EngineClient, prompt_len: int, requested: int | None, param: str) -> int:
     """The completion budget of a prompt: what was requested, or the rest of the context; 400 if over."""
