@@ -32,14 +32,15 @@ from llmaas.api.routers import (
 from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
-from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.client import EngineClient
+from llmaas.serving.models import ServedModels
 
 log = logging.getLogger("llmaas")
 
 
 def create_app(
     settings: Settings,
-    engines: dict[str, BatchingEngine] | None = None,
+    engines: dict[str, EngineClient] | None = None,
     engine_metrics: EngineMetrics | None = None,
 ) -> FastAPI:
     """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
@@ -56,10 +57,11 @@ def create_app(
             app.state.control = await ControlPlane.open(settings, control_metrics, list(app.state.engines))
         else:
             log.warning("auth is disabled (LLMAAS_AUTH=false): no API keys, limits or metering")
+        app.state.served = ServedModels(app.state.engines, app.state.control)
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
-                     e.info.context_size, e.runner.n_slots)
+                     e.info.context_size, e.info.n_slots)
         # Everything loaded so far lives as long as the process: move it out of the collector's sight.
         # Full collections over it paused the event loop for 70-140 ms (every request waited, /health too).
         gc.collect()
@@ -79,6 +81,7 @@ def create_app(
     app.state.engine_metrics = engine_metrics
     app.state.engines = engines or {}
     app.state.control = None
+    app.state.served = ServedModels(app.state.engines, None)  # replaced once the lifespan has built both
     install_error_handlers(app)
     # Starlette runs the last-added middleware first: proxy headers, then the request id, then the guard, so
     # even a refused body answers with an x-request-id.

@@ -1,5 +1,5 @@
-"""Request-scoped dependencies: the caller's identity (API key → Principal) and its audit context,
-and admission of billable work through the control plane's gateway."""
+"""Request-scoped dependencies: the caller's identity (API key → Principal) and its audit context.
+(Admission of billable work is the serving layer's: serving.models.ServedModels.open_ticket.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from llmaas.control.gateway import Ticket
 from llmaas.control.plane import ControlPlane
 from llmaas.control.principal import Context, Principal, Role
 from llmaas.control.tenants import PLATFORM_TENANT
@@ -62,38 +61,3 @@ def context(request: Request, principal: CurrentPrincipal) -> Context:
 
 
 CurrentContext = Annotated[Context, Depends(context)]
-
-
-class _Unmetered:
-    """The ticket of a request when the control plane is off: records usage nowhere."""
-
-    headers: dict[str, str] = {}
-
-    def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
-        pass
-
-    async def reserve(self, prompt_tokens: int, max_tokens: int) -> None:
-        pass
-
-    async def abandon(self) -> None:
-        pass
-
-    async def settle(self, status: str = "ok") -> None:
-        pass
-
-
-async def open_ticket(request: Request, principal: Principal, model: str, endpoint: str) -> Ticket | _Unmetered:
-    """First phase of admission (role, model, request limits), before any work on the prompt; the caller
-    then reserves tokens with `ticket.reserve(prompt_tokens, max_tokens)`, or `abandon`s the ticket."""
-    cp: ControlPlane | None = request.app.state.control
-    if cp is None:
-        return _Unmetered()
-    return await cp.gateway.open(principal, model, endpoint, request_id(request))
-
-
-async def admit(request: Request, principal: Principal, model: str, endpoint: str, prompt_tokens: int,
-                max_tokens: int) -> Ticket | _Unmetered:
-    cp: ControlPlane | None = request.app.state.control
-    if cp is None:
-        return _Unmetered()
-    return await cp.gateway.admit(principal, model, endpoint, prompt_tokens, max_tokens, request_id(request))

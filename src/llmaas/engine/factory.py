@@ -1,29 +1,69 @@
-"""Builds engines from settings; backend libraries are imported only when chosen."""
+"""Builds engines from settings. The backend is chosen here and only here: the layers above get an
+EngineClient and never import a backend. Backend libraries (llama.cpp) are imported only when chosen."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmaas.core.config import Settings
 from llmaas.core.metrics import EngineMetrics
+from llmaas.engine.client import EngineClient
 from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.runner import ModelRunner
 
 
-def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = None) -> BatchingEngine:
+def _llamacpp(settings: Settings, spec: str) -> ModelRunner:
+    from llmaas.engine.backends.llamacpp import LlamaCppRunner
+
+    return LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
+                          max_batch_tokens=settings.max_batch_tokens, threads=settings.threads)
+
+
+def _fake(settings: Settings, spec: str) -> ModelRunner:
+    from llmaas.engine.backends.fake import FakeRunner
+
+    return FakeRunner(n_slots=settings.max_seqs, context_size=settings.context_size,
+                      max_batch_tokens=settings.max_batch_tokens)
+
+
+def _llamacpp_model_id(spec: str) -> str:
+    from llmaas.engine.backends.llamacpp import resolve_model
+
+    return resolve_model(spec)[0]
+
+
+# settings.backend -> (runner for a model spec, the model id a spec serves without loading it). Any name
+# other than "fake" is llama.cpp, as before the registry.
+BACKENDS: dict[str, tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]] = {
+    "llamacpp": (_llamacpp, _llamacpp_model_id),
+    "fake": (_fake, None),
+}
+
+
+def _backend(settings: Settings) -> tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]:
+    return BACKENDS.get(settings.backend, BACKENDS["llamacpp"])
+
+
+def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = None) -> EngineClient:
     """The engine for one model spec (a bundled model name or a .gguf path)."""
-    if settings.backend == "fake":
-        from llmaas.engine.backends.fake import FakeRunner
-
-        runner = FakeRunner(n_slots=settings.max_seqs, context_size=settings.context_size,
-                            max_batch_tokens=settings.max_batch_tokens)
-    else:
-        from llmaas.engine.backends.llamacpp import LlamaCppRunner
-
-        runner = LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
-                                max_batch_tokens=settings.max_batch_tokens, threads=settings.threads)
+    runner = _backend(settings)[0](settings, spec)
     return BatchingEngine(runner, settings.max_queued, metrics, max_adapters=settings.max_adapters,
                           prefill_step_s=settings.prefill_step_ms / 1000)
 
 
-def build_engines(settings: Settings, metrics: EngineMetrics | None) -> dict[str, BatchingEngine]:
+def build_engines(settings: Settings, metrics: EngineMetrics | None) -> dict[str, EngineClient]:
     """One engine per configured model, keyed by model id."""
     engines = [build_engine(settings, spec, metrics) for spec in settings.models]
     return {e.info.model_id: e for e in engines}
+
+
+def model_spec_for(settings: Settings, model_id: str) -> str | None:
+    """The configured model spec (bundled name or .gguf path) that serves `model_id`, without loading it;
+    None if no configured model does. With a backend that cannot tell (fake), the first configured model."""
+    model_id_of = _backend(settings)[1]
+    if model_id_of is None:
+        return settings.models[0]
+    for spec in settings.models:
+        if model_id_of(spec) == model_id:
+            return spec
+    return None

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 from llmaas.core.errors import InvalidRequestError
 
 
 def json_grammar(schema: dict | None) -> str:
     """Any JSON object when `schema` is None, else JSON that validates against `schema`."""
-    from llama_cpp import llama_grammar
+    from llmaas.engine.backends.gbnf import json_gbnf
 
     if schema is None:
-        return llama_grammar.JSON_GBNF
+        return json_gbnf(None)
     try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+        return json_gbnf(schema)
     except Exception as e:  # the converter raises bare exceptions on schemas it cannot express
         raise InvalidRequestError(
             f"response_format.json_schema.schema cannot be turned into a grammar: {e}",

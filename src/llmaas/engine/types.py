@@ -74,6 +74,7 @@ class ModelInfo:
     model_id: str
     context_size: int
     n_vocab: int
+    n_slots: int = 1  # sequences decoded together
     owned_by: str = "llmaas"
     created: int = 0
     meta: dict[str, str] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.client import EngineClient
 from llmaas.engine.scoring import ScoreItem, common_prefix
 from llmaas.engine.types import GenerationRequest, SamplingParams
 from llmaas.evals import metrics
@@ -25,7 +25,7 @@ OnBatch = Callable[[list[tuple[int, dict]], int, int], Awaitable[None]]  # items
 
 @dataclass
 class ModelRun:
-    engine: BatchingEngine
+    engine: EngineClient
     adapter: str | None
     task: dict
     labels: list[str]
@@ -33,7 +33,7 @@ class ModelRun:
     shared: list[int] | None = None  # prompt tokens the eval's rows share (see shared_prompt)
 
     def _tokens(self) -> Tokens:
-        return Tokens(self.engine.tokenize_chat, set(self.engine.runner.eog_tokens()))
+        return Tokens(self.engine.tokenize_chat, set(self.engine.eog_tokens()))
 
     def _too_long(self, n: int) -> dict | None:
         ctx = self.engine.info.context_size
@@ -141,7 +141,7 @@ class ModelRun:
         return sorted(out.items(), key=lambda x: x[0]), sum(it.n_tokens for it in items), 0
 
 
-def shared_prompt(engine: BatchingEngine, rows: list[Row], n: int = 64) -> list[int]:
+def shared_prompt(engine: EngineClient, rows: list[Row], n: int = 64) -> list[int]:
     """The prompt tokens the eval's first `n` rows share (system prompt, template instructions): computed
     once per eval, from the file, so each row is scored the same way however rows are batched or resumed."""
     return common_prefix([engine.tokenize_chat(r.prompt) for r in rows[:n]])

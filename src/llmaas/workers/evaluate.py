@@ -14,6 +14,7 @@ from llmaas.control.clock import utcnow
 from llmaas.control.db.models import TenantModel
 from llmaas.control.metering import UsageEvent
 from llmaas.core.errors import LlmaasError
+from llmaas.engine.client import EngineClient
 from llmaas.evals.metrics import flatten_metrics
 from llmaas.evals.runner import ModelRun, shared_prompt, summarize
 from llmaas.evals.tasks import Row, TaskError, label_set, read_rows
@@ -71,7 +72,7 @@ async def _evaluate(ctx: JobContext, rows: list[Row], labels: list[str], results
     from llmaas.engine.factory import build_engine
 
     job, task = ctx.job, ctx.job.spec["task"]
-    engines: dict = {}
+    engines: dict[str, EngineClient] = {}
     try:
         for model in job.spec["models"]:
             if model in results:  # finished on an earlier attempt

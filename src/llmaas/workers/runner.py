@@ -41,13 +41,11 @@ class JobFailed(Exception):
 
 def model_spec(settings: Settings, model_id: str) -> str:
     """The served model spec (bundled name or .gguf path) behind an engine model id."""
-    if settings.backend == "fake":
-        return settings.models[0]
-    from llmaas.engine.backends.llamacpp import resolve_model
+    from llmaas.engine.factory import model_spec_for
 
-    for spec in settings.models:
-        if resolve_model(spec)[0] == model_id:
-            return spec
+    spec = model_spec_for(settings, model_id)
+    if spec is not None:
+        return spec
     raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
 
 

@@ -8,16 +8,17 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentPrincipal
-from llmaas.api.generation import get_engine
+from llmaas.api.responses import served_models
 from llmaas.control.clock import aware
 from llmaas.control.db.models import TenantModel
 from llmaas.control.fine_tuning import tenant_models
 from llmaas.core.errors import ModelNotFoundError
+from llmaas.engine.client import EngineClient
 
 router = APIRouter()
 
 
-def _model_obj(engine) -> dict:
+def _model_obj(engine: EngineClient) -> dict:
     info = engine.info
     return {"id": info.model_id, "object": "model", "created": info.created, "owned_by": info.owned_by,
             "context_length": info.context_size}
@@ -54,4 +55,4 @@ async def get_model(model_id: str, request: Request, principal: CurrentPrincipal
                 engine = request.app.state.engines.get(m.base_model)
                 return _tenant_model_obj(m, engine.info.context_size if engine else None)
         raise ModelNotFoundError(model_id)
-    return _model_obj(get_engine(request, model_id, principal))
+    return _model_obj(served_models(request).get(model_id, principal))

@@ -1,22 +1,17 @@
-"""What chat and text completions share: model lookup, context checks, fan-out of n choices,
-disconnect handling and SSE framing."""
+"""Running the sequences of one request: fan-out of n choices per prompt, and metering as deltas arrive."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import StreamingResponse
-
-from llmaas.control.principal import Principal
-from llmaas.core.errors import ContextLengthExceededError, EngineError, ModelNotFoundError
-from llmaas.engine.engine import BatchingEngine
+from llmaas.core.errors import EngineError
+from llmaas.engine.client import EngineClient
 from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
+from llmaas.serving.models import AnyTicket
 
 
 def new_id(prefix: str) -> str:
@@ -27,47 +22,9 @@ def now() -> int:
     return int(time.time())
 
 
-async def resolve_model(request: Request, model: str, principal: Principal) -> tuple[BatchingEngine, str | None]:
-    """(engine, adapter name) serving `model`: a base model, or a tenant's fine-tuned `ft:` model — its
-    LoRA adapter on the running base model, loaded on first use. 404 for anything this key may not use."""
-    engines = request.app.state.engines
-    if model in engines or not model.startswith("ft:") or request.app.state.control is None:
-        return get_engine(request, model, principal), None
-    registry = request.app.state.control.registry
-    r = registry.resolve_tenant_model(principal.tenant_id, model) if registry.cached(principal.tenant_id, model) \
-        else await asyncio.to_thread(registry.resolve_tenant_model, principal.tenant_id, model)
-    engine = engines.get(r.base_model) if r else None
-    if r is None or engine is None or not principal.can_use_model(model):
-        raise ModelNotFoundError(model)
-    if not engine.has_adapter(r.adapter):
-        engine.register_adapter(r.adapter, str(r.adapter_path))
-    return engine, r.adapter
-
-
-def get_engine(request: Request, model: str, principal: Principal | None = None) -> BatchingEngine:
-    """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak)."""
-    engine = request.app.state.engines.get(model)
-    if engine is None or (principal is not None and not principal.can_use_model(model)):
-        raise ModelNotFoundError(model)
-    return engine
-
-
-def max_tokens_for(engine: BatchingEngine, prompt_len: int, requested: int | None, param: str) -> int:
-    ctx = engine.info.context_size
-    wanted = requested if requested is not None else ctx - prompt_len
-    if prompt_len + max(wanted, 1) > ctx:
-        raise ContextLengthExceededError(
-            f"This model's maximum context length is {ctx} tokens. However, you requested "
-            f"{prompt_len + wanted} tokens ({prompt_len} in the prompt, {wanted} for the completion). "
-            "Please reduce the length of the prompt or of max_tokens.",
-            param=param if requested is not None and prompt_len < ctx else "messages",
-        )
-    return wanted
-
-
 async def fan_out(
-    engine: BatchingEngine, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None
-) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    engine: EngineClient, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None
+) -> AsyncGenerator[tuple[int, GenerationOutput], None]:
     """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
     Closing this iterator (client gone) aborts every sequence still running."""
     engine.check_capacity(len(prompts) * n)
@@ -126,43 +83,11 @@ def _fields(p: SamplingParams) -> dict[str, Any]:
     return {f: getattr(p, f) for f in p.__slots__}
 
 
-async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await `work`, cancelling it (and so aborting its sequences) if the client goes away."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.1)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.CancelledError("client disconnected")
-    finally:
-        watcher.cancel()
-
-
-def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-
-
-def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
-
-
 class Metered:
     """Settles a ticket whatever happens to the request (ok, error, client gone). Also counts usage
     as deltas arrive, so a cancelled request pays for the tokens it did generate, and no more."""
 
-    def __init__(self, ticket: Any, prompt_tokens: int) -> None:
+    def __init__(self, ticket: AnyTicket, prompt_tokens: int) -> None:
         self.ticket, self.prompt_tokens = ticket, prompt_tokens
         self.status: str | None = None
         self._gen: dict[int, int] = {}

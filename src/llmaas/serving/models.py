@@ -1,0 +1,99 @@
+"""What the handlers serve from: the engines by model id and the control plane (auth limits, metering,
+tenants' fine-tuned models). Model resolution, context checks and admission live here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmaas.control.gateway import Ticket
+from llmaas.control.plane import ControlPlane
+from llmaas.control.principal import Principal
+from llmaas.core.errors import ContextLengthExceededError, ModelNotFoundError
+from llmaas.engine.client import EngineClient
+
+# Runs the generation phase of a non-streamed request, e.g. cancelling it when the client goes away
+# (the API's until_disconnected). Admission is never under it: a ticket is opened or refused whole.
+Watch = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+@dataclass
+class Served:
+    """A handler's answer: `body` (a response dict) or `stream` (chunk dicts), never both."""
+
+    headers: dict[str, str] = field(default_factory=dict)  # the ticket's rate-limit headers
+    body: dict | None = None
+    stream: AsyncGenerator[dict, None] | None = None
+
+
+class Unmetered:
+    """The ticket of a request when the control plane is off: records usage nowhere."""
+
+    headers: dict[str, str] = {}
+
+    def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
+        pass
+
+    async def reserve(self, prompt_tokens: int, max_tokens: int) -> None:
+        pass
+
+    async def abandon(self) -> None:
+        pass
+
+    async def settle(self, status: str = "ok") -> None:
+        pass
+
+
+AnyTicket = Ticket | Unmetered
+
+
+class ServedModels:
+    """The engines (keyed by model id) and the control plane (None with auth disabled)."""
+
+    def __init__(self, engines: dict[str, EngineClient], control: ControlPlane | None) -> None:
+        self.engines, self.control = engines, control
+
+    def get(self, model: str, principal: Principal | None = None) -> EngineClient:
+        """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak)."""
+        engine = self.engines.get(model)
+        if engine is None or (principal is not None and not principal.can_use_model(model)):
+            raise ModelNotFoundError(model)
+        return engine
+
+    async def resolve(self, model: str, principal: Principal) -> tuple[EngineClient, str | None]:
+        """(engine, adapter name) serving `model`: a base model, or a tenant's fine-tuned `ft:` model — its
+        LoRA adapter on the running base model, loaded on first use. 404 for anything this key may not use."""
+        if model in self.engines or not model.startswith("ft:") or self.control is None:
+            return self.get(model, principal), None
+        registry = self.control.registry
+        r = registry.resolve_tenant_model(principal.tenant_id, model) if registry.cached(principal.tenant_id, model) \
+            else await asyncio.to_thread(registry.resolve_tenant_model, principal.tenant_id, model)
+        engine = self.engines.get(r.base_model) if r else None
+        if r is None or engine is None or not principal.can_use_model(model):
+            raise ModelNotFoundError(model)
+        if not engine.has_adapter(r.adapter):
+            engine.register_adapter(r.adapter, str(r.adapter_path))
+        return engine, r.adapter
+
+    async def open_ticket(self, principal: Principal, model: str, endpoint: str, request_id: str) -> AnyTicket:
+        """First phase of admission (role, model, request limits), before any work on the prompt; the caller
+        then reserves tokens with `ticket.reserve(prompt_tokens, max_tokens)`, or `abandon`s the ticket."""
+        if self.control is None:
+            return Unmetered()
+        return await self.control.gateway.open(principal, model, endpoint, request_id)
+
+
+def max_tokens_for(engine: EngineClient, prompt_len: int, requested: int | None, param: str) -> int:
+    """The completion budget of a prompt: what was requested, or the rest of the context; 400 if over."""
+    ctx = engine.info.context_size
+    wanted = requested if requested is not None else ctx - prompt_len
+    if prompt_len + max(wanted, 1) > ctx:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {ctx} tokens. However, you requested "
+            f"{prompt_len + wanted} tokens ({prompt_len} in the prompt, {wanted} for the completion). "
+            "Please reduce the length of the prompt or of max_tokens.",
+            param=param if requested is not None and prompt_len < ctx else "messages",
+        )
+    return wanted
