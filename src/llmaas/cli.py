@@ -18,7 +18,8 @@ app.add_typer(eval_app, name="eval")
 
 @app.callback()
 def _main() -> None:
-    """llmaas: OpenAI-compatible serving (continuous batching on llama.cpp), and more to come."""
+    """llmaas: an OpenAI-compatible LLM service: serving with continuous batching on llama.cpp, API keys,
+limits and billing, files, LoRA fine-tuning and evals."""
 
 
 @app.command()

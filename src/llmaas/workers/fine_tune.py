@@ -7,7 +7,6 @@ import csv
 import io
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -123,7 +122,7 @@ def run_fine_tune(ctx: JobContext) -> None:
         train_examples=train_rows, valid_examples=valid_rows, n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
         learning_rate=BASE_LR * hp["learning_rate_multiplier"], lora_r=int(lora["rank"]),
         lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]), target_modules=lora["target_modules"],
-        seed=int(spec["seed"]), checkpoint_every=int(os.environ.get("LLMAAS_CHECKPOINT_EVERY", "0"))
+        seed=int(spec["seed"]), checkpoint_every=ctx.settings.checkpoint_every
         or _checkpoint_every(len(train_rows), hp), resume_from=resume, export_gguf=True,
         gguf_dtype="f16",  # f32 LoRA tensors make llama.cpp's logits depend on the batch size; f16 do not
         threads=ctx.settings.threads)

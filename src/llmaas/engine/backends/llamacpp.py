@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -156,6 +155,7 @@ class LlamaCppRunner:
         context_size: int,
         max_batch_tokens: int,
         threads: int,
+        gpu_layers: int = 0,
     ) -> None:
         from llama_cpp import llama_cpp as L
 
@@ -164,7 +164,7 @@ class LlamaCppRunner:
         L.llama_backend_init()
         self.model_id, self.path = resolve_model(model_spec)
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = int(os.environ.get("LLMAAS_GPU_LAYERS", "0"))
+        mp.n_gpu_layers = gpu_layers
         self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {self.path}")
