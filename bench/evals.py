@@ -6,7 +6,7 @@ model's chat template); each label is scored as the assistant's answer including
 prediction is the label with the highest summed log-probability. Contenders, one after the other, each after a
 warm-up on the first rows:
 
-- **llmaas eval**: `llmaas.evals.runner.ModelRun` (what an eval job's worker runs: tokenization included),
+- **llmaas eval**: `llmaas.evals.model_run.ModelRun` (what an eval job's worker runs: tokenization included),
   `Settings.eval_batch_rows` (16) rows per `engine.score_many` call.
 - **llmaas score_many**: the same items, built once outside the clock, through `engine.score_many` in batches of
   16 rows (scoring only).
@@ -45,7 +45,7 @@ from llmaas.core.config import Settings
 from llmaas.engine.backends.llamacpp import resolve_model
 from llmaas.engine.factory import build_engine
 from llmaas.engine.scoring import ScoreItem
-from llmaas.evals.runner import ModelRun, shared_prompt
+from llmaas.evals.model_run import ModelRun, shared_prompt
 from llmaas.evals.tasks import Row, Tokens, read_rows
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from llmaas.control.principal import Limits
-from llmaas.control.ratelimit import MemoryLimiter, Scope
+from llmaas.control.auth.principal import Limits
+from llmaas.control.limits.ratelimit import MemoryLimiter, Scope
 
 
 def _redis_url() -> str:
@@ -23,7 +23,7 @@ async def _pair(kind: str):
     if kind == "memory":
         m = MemoryLimiter()
         return m, m
-    from llmaas.control.ratelimit_redis import RedisLimiter
+    from llmaas.control.limits.ratelimit_redis import RedisLimiter
 
     prefix = f"llmaas:test:{uuid.uuid4().hex}:"
     return RedisLimiter(_redis_url(), prefix), RedisLimiter(_redis_url(), prefix)

@@ -10,13 +10,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from llmaas.control.budgets import Budgets, BudgetScope
-from llmaas.control.catalog import Price
+from llmaas.control.auth.principal import Limits
+from llmaas.control.billing.budgets import Budgets, BudgetScope
+from llmaas.control.billing.catalog import Price
+from llmaas.control.billing.metering import Meter, UsageEvent
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import BudgetGrant, BudgetLedger
-from llmaas.control.metering import Meter, UsageEvent
-from llmaas.control.principal import Limits
 from llmaas.core.errors import QuotaExceededError
 
 PRICE = Price(1, 1, 0)  # 1 pico per token: a request of 10 prompt + 10 completion tokens costs at most 20

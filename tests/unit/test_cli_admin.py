@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llmaas.cli import app
+from llmaas.cli.main import app
+from llmaas.control.auth.keys import KeyService
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import UsageRecord
-from llmaas.control.keys import KeyService
 from llmaas.core.config import load_settings
 from llmaas.core.errors import AuthenticationError
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from llmaas.control.principal import Principal, Role
-from llmaas.control.tenants import PLATFORM_TENANT
+from llmaas.control.auth.principal import Principal, Role
+from llmaas.control.auth.tenants import PLATFORM_TENANT
 from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.client import EngineClient
 from llmaas.engine.engine import BatchingEngine

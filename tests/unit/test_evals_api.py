@@ -11,7 +11,8 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from llmaas.core.config import Settings
-from llmaas.workers.runner import Worker
+from llmaas.workers.jobs import HANDLERS
+from llmaas.workers.worker import Worker
 from tests.unit.conftest import ADMIN_KEY, Admin, bearer, make_client
 
 ROWS = [{"text": f"review {i}", "label": "pos" if i % 3 else "negative"} for i in range(30)]
@@ -25,7 +26,7 @@ def jsonl(rows: list[dict]) -> bytes:
 
 def run_worker(data_dir) -> None:
     """One job, in a thread (the worker installs signal handlers only on the main thread)."""
-    w = Worker(Settings(backend="fake", data_dir=data_dir, admin_key=ADMIN_KEY, job_lease_s=5))
+    w = Worker(Settings(backend="fake", data_dir=data_dir, admin_key=ADMIN_KEY, job_lease_s=5), HANDLERS)
     t = threading.Thread(target=w.run, kwargs={"once": True})
     t.start()
     t.join(60)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from llmaas.control.budgets import Budgets
+from llmaas.control.billing.budgets import Budgets
+from llmaas.control.billing.metering import Meter, UsageEvent
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import UsageRecord
-from llmaas.control.metering import Meter, UsageEvent
 
 
 def event(rid: str, **kw) -> UsageEvent:

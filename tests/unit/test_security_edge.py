@@ -46,7 +46,7 @@ def test_serve_runs_uvicorn_without_its_own_proxy_headers(monkeypatch, tmp_path)
     import uvicorn
     from typer.testing import CliRunner
 
-    from llmaas.cli import app
+    from llmaas.cli.main import app
 
     seen: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from llmaas.api.deps import control_plane
+from llmaas.control.auth.principal import Context
 from llmaas.control.db.models import StoredFile
-from llmaas.control.principal import Context
 from llmaas.protocol.stored_completions import FileFromSource
 from llmaas.serving.completion_store import export_to_file
 

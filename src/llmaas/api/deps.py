@@ -9,9 +9,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from llmaas.control.auth.principal import Context, Principal, Role
+from llmaas.control.auth.tenants import PLATFORM_TENANT
 from llmaas.control.plane import ControlPlane
-from llmaas.control.principal import Context, Principal, Role
-from llmaas.control.tenants import PLATFORM_TENANT
 from llmaas.core.errors import InvalidRequestError
 
 # With auth disabled (LLMAAS_AUTH=false) every caller is this principal and nothing is limited or metered.

@@ -12,7 +12,7 @@ import json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmaas.api.errors import error_body
-from llmaas.control.principal import Role
+from llmaas.control.auth.principal import Role
 from llmaas.core.config import Settings
 from llmaas.core.errors import LlmaasError
 

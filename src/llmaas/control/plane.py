@@ -7,18 +7,18 @@ import logging
 import sys
 import threading
 
-from llmaas.control.budgets import Budgets
-from llmaas.control.catalog import Catalog
-from llmaas.control.crypto import MasterKey
+from llmaas.control.admission import Admission
+from llmaas.control.auth.keys import KeyService
+from llmaas.control.billing.budgets import Budgets
+from llmaas.control.billing.catalog import Catalog
+from llmaas.control.billing.metering import Meter
+from llmaas.control.data.crypto import MasterKey
+from llmaas.control.data.files import FileService
+from llmaas.control.data.stored_completions import StoredCompletionService
 from llmaas.control.db.database import Database
-from llmaas.control.files import FileService
-from llmaas.control.gateway import Gateway
-from llmaas.control.jobs import JobQueue
-from llmaas.control.keys import KeyService
-from llmaas.control.metering import Meter
-from llmaas.control.ratelimit import Limiter, MemoryLimiter
+from llmaas.control.jobs.queue import JobQueue
+from llmaas.control.limits.ratelimit import Limiter, MemoryLimiter
 from llmaas.control.registry import ModelRegistry
-from llmaas.control.stored_completions import StoredCompletionService
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics
 
@@ -37,7 +37,7 @@ class ControlPlane:
         self.meter = Meter(self.db, self.budgets, interval_s=settings.usage_flush_interval_s,
                            last_used=self.keys.pop_last_used, periodic=self._periodic)
         self.limiter: Limiter = limiter or MemoryLimiter()
-        self.gateway = Gateway(self.limiter, self.budgets, self.meter, self.catalog, metrics)
+        self.admission = Admission(self.limiter, self.budgets, self.meter, self.catalog, metrics)
         self.files = FileService(self.db, MasterKey.load(settings.master_key, settings.master_key_file),
                                  settings.artifact_dir / "files", settings.max_file_bytes)
         self.jobs = JobQueue(self.db, settings.job_lease_s)
@@ -57,7 +57,7 @@ class ControlPlane:
         """Migrate, bootstrap the admin key, seed prices, connect Redis, start the meter."""
         limiter: Limiter | None = None
         if settings.redis_url:
-            from llmaas.control.ratelimit_redis import RedisLimiter
+            from llmaas.control.limits.ratelimit_redis import RedisLimiter
 
             redis_limiter = RedisLimiter(settings.redis_url)
             await redis_limiter.ping()  # fail at start, not on the first request

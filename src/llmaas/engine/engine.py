@@ -22,7 +22,7 @@ from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.adapters import AdapterCache
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
 from llmaas.engine.client import EngineClient
-from llmaas.engine.runner import ModelRunner
+from llmaas.engine.model_runner import ModelRunner
 from llmaas.engine.scheduler import BatchScheduler
 from llmaas.engine.scoring import ScoreItem
 from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo

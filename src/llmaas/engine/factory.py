@@ -9,7 +9,7 @@ from llmaas.core.config import Settings
 from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.client import EngineClient
 from llmaas.engine.engine import BatchingEngine
-from llmaas.engine.runner import ModelRunner
+from llmaas.engine.model_runner import ModelRunner
 
 
 def _llamacpp(settings: Settings, spec: str) -> ModelRunner:

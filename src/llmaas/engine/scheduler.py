@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmaas.core.errors import LlmaasError
-from llmaas.engine.runner import ModelRunner, log_softmax
+from llmaas.engine.model_runner import ModelRunner, log_softmax
 from llmaas.engine.sampling import rng_seed
 from llmaas.engine.slots import Batch, Seq, Slot, reusable
 from llmaas.engine.text import TextAssembler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmaas.engine.runner import Sampler
+from llmaas.engine.model_runner import Sampler
 from llmaas.engine.text import TextAssembler
 from llmaas.engine.types import GenerationRequest
 

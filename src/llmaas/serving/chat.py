@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
+from llmaas.control.auth.principal import Principal
 from llmaas.control.plane import ControlPlane
-from llmaas.control.principal import Principal
 from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import SamplingParams, TokenLogprob

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from llmaas.control.auth.principal import Context, Principal
+from llmaas.control.data.stored_completions import ExportFilter
 from llmaas.control.db.models import StoredFile
 from llmaas.control.plane import ControlPlane
-from llmaas.control.principal import Context, Principal
-from llmaas.control.stored_completions import ExportFilter
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.protocol.stored_completions import FileFromSource

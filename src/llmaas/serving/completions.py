@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from llmaas.control.principal import Principal
+from llmaas.control.auth.principal import Principal
 from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import GenerationOutput, SamplingParams

@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 
-from llmaas.control.principal import Principal
+from llmaas.control.auth.principal import Principal
 from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.client import EngineClient
 from llmaas.protocol.openai import EmbeddingRequest

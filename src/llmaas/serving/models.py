@@ -8,9 +8,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmaas.control.gateway import Ticket
+from llmaas.control.admission import Ticket
+from llmaas.control.auth.principal import Principal
 from llmaas.control.plane import ControlPlane
-from llmaas.control.principal import Principal
 from llmaas.core.errors import ContextLengthExceededError, ModelNotFoundError
 from llmaas.engine.client import EngineClient
 
@@ -82,7 +82,7 @@ class ServedModels:
         then reserves tokens with `ticket.reserve(prompt_tokens, max_tokens)`, or `abandon`s the ticket."""
         if self.control is None:
             return Unmetered()
-        return await self.control.gateway.open(principal, model, endpoint, request_id)
+        return await self.control.admission.open(principal, model, endpoint, request_id)
 
 
 def max_tokens_for(engine: EngineClient, prompt_len: int, requested: int | None, param: str) -> int:

@@ -9,16 +9,16 @@ import logging
 import time
 import uuid
 
-from llmaas.control import evals as svc
+from llmaas.control.billing.metering import UsageEvent
 from llmaas.control.clock import utcnow
 from llmaas.control.db.models import TenantModel
-from llmaas.control.metering import UsageEvent
+from llmaas.control.jobs import evals as svc
 from llmaas.core.errors import LlmaasError
 from llmaas.engine.client import EngineClient
 from llmaas.evals.metrics import flatten_metrics
-from llmaas.evals.runner import ModelRun, shared_prompt, summarize
+from llmaas.evals.model_run import ModelRun, shared_prompt, summarize
 from llmaas.evals.tasks import Row, TaskError, label_set, read_rows
-from llmaas.workers.runner import JobContext, JobFailed, model_spec
+from llmaas.workers.context import JobContext, JobFailed, model_spec
 
 log = logging.getLogger("llmaas.worker.eval")
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from llmaas.control.budgets import Hold
+from llmaas.control.billing.budgets import Hold
+from llmaas.control.billing.metering import UsageEvent
 from llmaas.control.clock import utcnow
-from llmaas.control.datasets import read_examples, validate_chat_lines
+from llmaas.control.data.datasets import read_examples, validate_chat_lines
 from llmaas.control.db.models import JobCheckpoint, TenantModel
-from llmaas.control.evals import enqueue as enqueue_eval
-from llmaas.control.metering import UsageEvent
+from llmaas.control.jobs.evals import enqueue as enqueue_eval
 from llmaas.core.errors import LlmaasError
-from llmaas.workers.runner import JobContext, JobFailed, model_spec
+from llmaas.workers.context import JobContext, JobFailed, model_spec
 
 log = logging.getLogger("llmaas.worker.fine_tune")
 

@@ -11,11 +11,12 @@ from datetime import UTC, date, datetime
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.control import audit, tenants, usage
-from llmaas.control.catalog import price_dict
-from llmaas.control.keys import key_dict
+from llmaas.control.auth import audit, tenants
+from llmaas.control.auth.keys import key_dict
+from llmaas.control.auth.principal import Context, Limits
+from llmaas.control.billing import usage
+from llmaas.control.billing.catalog import price_dict
 from llmaas.control.plane import ControlPlane
-from llmaas.control.principal import Context, Limits
 from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
 from llmaas.protocol.common import INT32_MAX, MAX_UNIX_TIME
 

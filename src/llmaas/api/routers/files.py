@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
-from llmaas.control.files import FileService, FileUpload, file_dict
+from llmaas.control.data.files import FileService, FileUpload, file_dict
 from llmaas.core.errors import InvalidRequestError
 
 router = APIRouter(tags=["files"])

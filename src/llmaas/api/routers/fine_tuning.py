@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query, page
-from llmaas.control import fine_tuning as ft
+from llmaas.control.jobs import fine_tuning as ft
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.fine_tuning import FineTuneCreate
 

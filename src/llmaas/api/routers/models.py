@@ -11,7 +11,7 @@ from llmaas.api.deps import CurrentPrincipal
 from llmaas.api.responses import served_models
 from llmaas.control.clock import aware
 from llmaas.control.db.models import TenantModel
-from llmaas.control.fine_tuning import tenant_models
+from llmaas.control.jobs.fine_tuning import tenant_models
 from llmaas.core.errors import ModelNotFoundError
 from llmaas.engine.client import EngineClient
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query, page
-from llmaas.control.stored_completions import StoredCompletionService
+from llmaas.control.data.stored_completions import StoredCompletionService
 from llmaas.protocol.stored_completions import FeedbackCreate, MetadataUpdate
 
 router = APIRouter(tags=["stored completions"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
-from llmaas.engine.runner import log_softmax
+from llmaas.engine.model_runner import log_softmax
 from llmaas.engine.sampling import NumpySampler
 from llmaas.engine.scoring import (
     SCORE_BATCH,

@@ -1,5 +1,5 @@
 """Budget grants: the slice of a budget ledger each gateway process holds and admits requests against
-in memory (see llmaas/control/budget_grants.py).
+in memory (see llmaas/control/billing/budget_grants.py).
 
 Revision ID: 0004
 Revises: 0003

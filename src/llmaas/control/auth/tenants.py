@@ -10,11 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import Context, Role
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import ApiKey, Tenant
-from llmaas.control.limits_view import apply_limits, limits_dict
-from llmaas.control.principal import Context, Role
+from llmaas.control.limits.view import apply_limits, limits_dict
 from llmaas.core.errors import ConflictError, InvalidRequestError, NotFoundError
 
 PLATFORM_TENANT = "org-platform"

@@ -13,13 +13,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import aware, utcnow
-from llmaas.control.crypto import EncryptedWriter, MasterKey
-from llmaas.control.datasets import ChatFileValidator, ValidationReport
+from llmaas.control.data.crypto import EncryptedWriter, MasterKey
+from llmaas.control.data.datasets import ChatFileValidator, ValidationReport
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import StoredFile
-from llmaas.control.principal import SPENDERS, Context
 from llmaas.core.errors import InvalidRequestError, LlmaasError, NotFoundError
 
 PURPOSES = ("fine-tune", "batch", "evals")

@@ -12,88 +12,28 @@ import random
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from sqlalchemy import update
 
-from llmaas.control.budgets import Budgets, BudgetScope, Hold
-from llmaas.control.catalog import Catalog, Price
-from llmaas.control.crypto import MasterKey
+from llmaas.control.billing.budgets import Budgets
+from llmaas.control.billing.catalog import Catalog
+from llmaas.control.billing.metering import Meter
+from llmaas.control.data.crypto import MasterKey
+from llmaas.control.data.files import FileService
 from llmaas.control.db.database import Database
-from llmaas.control.db.models import ApiKey, Job, Tenant
-from llmaas.control.files import FileService
-from llmaas.control.jobs import JobQueue
-from llmaas.control.metering import Meter
-from llmaas.control.principal import Limits
+from llmaas.control.db.models import Job
+from llmaas.control.jobs.queue import JobQueue
 from llmaas.core.config import Settings
-from llmaas.core.errors import LlmaasError
+from llmaas.workers.context import Handler, JobContext, JobFailed
 
 log = logging.getLogger("llmaas.worker")
 
 
-class JobFailed(Exception):
-    """A handler's clean failure: the job ends `failed` with this error (no traceback in the log)."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
-
-
-def model_spec(settings: Settings, model_id: str) -> str:
-    """The served model spec (bundled name or .gguf path) behind an engine model id."""
-    from llmaas.engine.factory import model_spec_for
-
-    spec = model_spec_for(settings, model_id)
-    if spec is not None:
-        return spec
-    raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
-
-
-@dataclass
-class JobContext:
-    """What a handler gets: the job, the services, and the flags the heartbeat thread maintains."""
-
-    job: Job
-    worker: str
-    queue: JobQueue
-    files: FileService
-    budgets: Budgets
-    catalog: Catalog
-    meter: Meter
-    settings: Settings
-    cancel: threading.Event = field(default_factory=threading.Event)  # the user cancelled
-    release: threading.Event = field(default_factory=threading.Event)  # stop and hand the job back
-    state: dict = field(default_factory=dict)  # progress, written with each heartbeat
-    done: threading.Event = field(default_factory=threading.Event)  # the handler returned
-
-    def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.release.is_set()
-
-    def event(self, message: str, **kw) -> None:
-        self.queue.event(self.job.id, message, **kw)
-
-    def reserve(self, model: str, prompt_tokens: int, completion_tokens: int, *,
-                training: bool = False) -> tuple[list[Hold], Price]:
-        """Reserve a worst-case cost on the tenant's and the job key's budgets before compute is spent;
-        the meter settles it with the real usage. Over budget: the job fails with insufficient_quota."""
-        job = self.job
-        self.catalog.reload()
-        with self.queue.db.session() as s:
-            t = s.get(Tenant, job.tenant_id)
-            k = s.get(ApiKey, job.key_id) if job.key_id else None
-        scopes = [BudgetScope("tenant", job.tenant_id, Limits.of(t), job.tenant_id)]
-        if k is not None:
-            scopes.append(BudgetScope("key", k.id, Limits.of(k), job.tenant_id))
-        try:
-            return self.budgets.reserve(scopes, model, prompt_tokens, completion_tokens, self.catalog.price(model),
-                                        training=training)
-        except LlmaasError as e:
-            raise JobFailed("insufficient_quota", e.message) from None
-
-
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, handlers: Mapping[str, Handler]) -> None:
         self.settings = settings
+        self.handlers = dict(handlers)  # job kind -> handler (workers/jobs.py has the registry)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
         self.db = Database(settings.resolved_database_url())
         self.queue = JobQueue(self.db, settings.job_lease_s)
@@ -114,10 +54,7 @@ class Worker:
             self._current.release.set()
 
     def run(self, *, once: bool = False, poll_s: float = 1.0) -> None:
-        from llmaas.workers.evaluate import run_eval
-        from llmaas.workers.fine_tune import run_fine_tune
-
-        handlers = {"fine_tune": run_fine_tune, "eval": run_eval}
+        handlers = self.handlers
         self.db.migrate()
         self.catalog.reload()
         self.meter.start()

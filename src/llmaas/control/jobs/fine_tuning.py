@@ -10,12 +10,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.cursors import int_cursor
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
-from llmaas.control.evals import check_file
-from llmaas.control.jobs import newest_first, request_cancel
-from llmaas.control.principal import SPENDERS, Context
+from llmaas.control.jobs.evals import check_file
+from llmaas.control.jobs.queue import newest_first, request_cancel
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "fine_tune"

@@ -9,9 +9,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from llmaas.control.auth.principal import Context
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import AuditRecord
-from llmaas.control.principal import Context
 
 
 def record(
@@ -41,7 +41,7 @@ class AuditQuery:
 
 def query(s: Session, ctx: Context, q: AuditQuery) -> list[AuditRecord]:
     """Admins see everything; owners see their own tenant's trail only."""
-    from llmaas.control.principal import Role
+    from llmaas.control.auth.principal import Role
 
     ctx.principal.require(Role.OWNER)
     stmt = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(max(1, min(q.limit, 1000)))

@@ -19,13 +19,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from llmaas.control.budgets import Budgets, BudgetScope, Hold
-from llmaas.control.catalog import Catalog, Price
+from llmaas.control.auth.principal import SPENDERS, Principal
+from llmaas.control.billing.budgets import Budgets, BudgetScope, Hold
+from llmaas.control.billing.catalog import Catalog, Price
+from llmaas.control.billing.metering import Meter, UsageEvent
+from llmaas.control.billing.money import PICO_PER_USD
 from llmaas.control.clock import utcnow
-from llmaas.control.metering import Meter, UsageEvent
-from llmaas.control.money import PICO_PER_USD
-from llmaas.control.principal import SPENDERS, Principal
-from llmaas.control.ratelimit import Decision, Limiter, Scope
+from llmaas.control.limits.ratelimit import Decision, Limiter, Scope
 from llmaas.core.errors import ModelNotFoundError, QuotaExceededError, RateLimitError
 from llmaas.core.metrics import ControlMetrics
 
@@ -35,7 +35,7 @@ _UNITS = {"requests": ("requests per minute (RPM)", "rpm"), "tokens": ("tokens p
 
 @dataclass
 class Ticket:
-    gateway: Gateway
+    gateway: Admission
     principal: Principal
     model: str
     endpoint: str
@@ -78,7 +78,7 @@ class Ticket:
         await self.gateway.settle(self, status)
 
 
-class Gateway:
+class Admission:
     def __init__(self, limiter: Limiter, budgets: Budgets, meter: Meter, catalog: Catalog,
                  metrics: ControlMetrics) -> None:
         self.limiter, self.budgets, self.meter, self.catalog, self.metrics = limiter, budgets, meter, catalog, metrics

@@ -15,13 +15,13 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session
 
-from llmaas.control.budget_grants import Grant, Grants, LedgerMissing, Refused
-from llmaas.control.catalog import Price, base_model
+from llmaas.control.auth.principal import Limits
+from llmaas.control.billing.budget_grants import Grant, Grants, LedgerMissing, Refused
+from llmaas.control.billing.catalog import Price, base_model
+from llmaas.control.billing.money import pico_to_usd
 from llmaas.control.clock import period_start, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import BudgetLedger
-from llmaas.control.money import pico_to_usd
-from llmaas.control.principal import Limits
 from llmaas.core.errors import QuotaExceededError
 
 log = logging.getLogger("llmaas.budgets")

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from llmaas.cli_admin import admin_app
-from llmaas.cli_eval import eval_app
+from llmaas.cli.admin import admin_app
+from llmaas.cli.eval import eval_app
 
 app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
@@ -112,12 +112,13 @@ def worker(
     """Run background jobs (fine-tunes, evals) from the shared database. `serve` starts one by default; run more
     on other machines sharing LLMAAS_DATABASE_URL and the data dir (artifacts) to train in parallel."""
     from llmaas.core.config import load_settings
-    from llmaas.workers.runner import Worker
+    from llmaas.workers.jobs import HANDLERS
+    from llmaas.workers.worker import Worker
 
     settings = load_settings(data_dir=data_dir, log_level=log_level)
     settings.prepare_dirs()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Worker(settings).run(once=once)
+    Worker(settings, HANDLERS).run(once=once)
 
 
 @app.command()
@@ -129,7 +130,7 @@ def migrate(
     ] = None,
 ) -> None:
     """Create or upgrade the control-plane database schema (safe to run again; `serve` also does it)."""
-    from llmaas.cli_admin import run_migrate
+    from llmaas.cli.admin import run_migrate
 
     run_migrate(data_dir)
 

@@ -18,11 +18,11 @@ import typer
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from llmaas.control.catalog import Catalog
+    from llmaas.control.auth.keys import KeyService
+    from llmaas.control.auth.principal import Context
+    from llmaas.control.billing.catalog import Catalog
     from llmaas.control.db.database import Database
     from llmaas.control.db.models import Tenant
-    from llmaas.control.keys import KeyService
-    from llmaas.control.principal import Context
     from llmaas.core.errors import LlmaasError
 
 admin_app = typer.Typer(no_args_is_help=True, help=(
@@ -87,11 +87,11 @@ def _admin(data_dir: Path | None) -> Iterator[_Admin]:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from llmaas.control.catalog import Catalog
+    from llmaas.control.auth.keys import KeyService
+    from llmaas.control.auth.principal import Context, Principal, Role
+    from llmaas.control.auth.tenants import PLATFORM_TENANT
+    from llmaas.control.billing.catalog import Catalog
     from llmaas.control.db.database import Database
-    from llmaas.control.keys import KeyService
-    from llmaas.control.principal import Context, Principal, Role
-    from llmaas.control.tenants import PLATFORM_TENANT
     from llmaas.core.config import load_settings
     from llmaas.core.errors import LlmaasError
 
@@ -181,9 +181,9 @@ def _limits_str(lim: dict) -> str:
 
 def _tenant_out(a: _Admin, s: Session, t: Tenant) -> dict:
     """What GET /v1/admin/tenants/{id} returns: the tenant plus its budget this period."""
-    from llmaas.control import tenants
-    from llmaas.control.budgets import Budgets
-    from llmaas.control.principal import Limits
+    from llmaas.control.auth import tenants
+    from llmaas.control.auth.principal import Limits
+    from llmaas.control.billing.budgets import Budgets
 
     return {**tenants.tenant_dict(t), "budget": Budgets(a.db).status(s, "tenant", t.id, Limits.of(t))}
 
@@ -233,7 +233,7 @@ def tenants_create(name: Annotated[str, typer.Argument(help="Unique tenant name.
                    budget_period: Period = None, alert_fraction: AlertFraction = None, data_dir: DataDir = None,
                    as_json: AsJson = False) -> None:
     """Create a tenant; limits not given are unlimited."""
-    from llmaas.control import tenants
+    from llmaas.control.auth import tenants
 
     limits = _limits(rpm, tpm, max_parallel, budget, budget_period, alert_fraction)
     with _admin(data_dir) as a, a.db.session() as s:
@@ -244,7 +244,7 @@ def tenants_create(name: Annotated[str, typer.Argument(help="Unique tenant name.
 @tenants_app.command("list")
 def tenants_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List every tenant with its limits and this period's spend."""
-    from llmaas.control import tenants
+    from llmaas.control.auth import tenants
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [_tenant_out(a, s, t) for t in tenants.list_visible(s, a.ctx)]
@@ -271,7 +271,7 @@ def tenants_update(
     data_dir: DataDir = None, as_json: AsJson = False,
 ) -> None:
     """Rename, disable/enable, or change limits; only the given flags change."""
-    from llmaas.control import tenants
+    from llmaas.control.auth import tenants
     from llmaas.core.errors import InvalidRequestError
 
     limits = _limits(rpm, tpm, max_parallel, budget, budget_period, alert_fraction)
@@ -292,7 +292,7 @@ def tenants_delete(tenant: TenantArg,
                    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
                    data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """Delete a tenant: it is disabled and all its keys are revoked; usage and audit history stay."""
-    from llmaas.control import tenants
+    from llmaas.control.auth import tenants
 
     with _admin(data_dir) as a:
         with a.db.session() as s:
@@ -320,9 +320,9 @@ def keys_create(
 ) -> None:
     """Create an API key and print its secret, shown only once. For a platform admin key:
     --tenant org-platform --role admin."""
-    from llmaas.control import tenants
+    from llmaas.control.auth import tenants
+    from llmaas.control.auth.keys import key_dict
     from llmaas.control.db.models import Tenant
-    from llmaas.control.keys import key_dict
     from llmaas.core.errors import InvalidRequestError
 
     limits = _limits(rpm, tpm, max_parallel, budget, budget_period, alert_fraction)
@@ -345,7 +345,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(tenant: TenantRef, data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List a tenant's keys, by prefix (secrets are never stored)."""
-    from llmaas.control.keys import key_dict
+    from llmaas.control.auth.keys import key_dict
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [key_dict(k) for k in a.keys.list(s, a.ctx, _resolve(s, tenant).id)]
@@ -355,7 +355,7 @@ def keys_list(tenant: TenantRef, data_dir: DataDir = None, as_json: AsJson = Fal
 @keys_app.command("revoke")
 def keys_revoke(key_id: KeyArg, tenant: TenantRef, data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """Revoke a key now (irreversible)."""
-    from llmaas.control.keys import key_dict
+    from llmaas.control.auth.keys import key_dict
 
     with _admin(data_dir) as a, a.db.session() as s:
         out = key_dict(a.keys.revoke(s, a.ctx, _resolve(s, tenant).id, key_id))
@@ -370,7 +370,7 @@ def keys_rotate(
 ) -> None:
     """Replace a key by a new secret (same role, models and limits), shown only once; the old key stops
     working now, or after --grace-seconds."""
-    from llmaas.control.keys import key_dict
+    from llmaas.control.auth.keys import key_dict
 
     with _admin(data_dir) as a, a.db.session() as s:
         k, secret = a.keys.rotate(s, a.ctx, _resolve(s, tenant).id, key_id, grace_seconds=grace_seconds)
@@ -395,7 +395,7 @@ def prices_set(
     data_dir: DataDir = None, as_json: AsJson = False,
 ) -> None:
     """Set a model's prices; a new model starts from the defaults. A running server applies them within 5 s."""
-    from llmaas.control.catalog import price_dict
+    from llmaas.control.billing.catalog import price_dict
 
     with _admin(data_dir) as a, a.db.session() as s:
         out = price_dict(a.catalog.set_price(s, a.ctx, model, input_usd_per_mtok=input_price,
@@ -406,7 +406,7 @@ def prices_set(
 @prices_app.command("list")
 def prices_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List the model catalog's prices."""
-    from llmaas.control.catalog import price_dict
+    from llmaas.control.billing.catalog import price_dict
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [price_dict(p) for p in a.catalog.list(s)]
@@ -435,7 +435,7 @@ def usage_cmd(
     data_dir: DataDir = None, as_json: AsJson = False,
 ) -> None:
     """Report requests, tokens and cost over a date range, grouped as asked."""
-    from llmaas.control import usage
+    from llmaas.control.billing import usage
 
     groups = [g.strip() for g in (group_by or "").split(",") if g.strip()]
     with _admin(data_dir) as a, a.db.session() as s:
@@ -458,7 +458,7 @@ def audit_cmd(
     data_dir: DataDir = None, as_json: AsJson = False,
 ) -> None:
     """Show the audit trail: who changed what, and when (this CLI acts as "cli")."""
-    from llmaas.control import audit
+    from llmaas.control.auth import audit
 
     with _admin(data_dir) as a, a.db.session() as s:
         q = audit.AuditQuery(tenant_id=_resolve(s, tenant).id if tenant else None, action=action, limit=limit)

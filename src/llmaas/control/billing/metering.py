@@ -15,12 +15,12 @@ from datetime import datetime
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
-from llmaas.control.budgets import Budgets, Hold
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import Context, Principal, Role
+from llmaas.control.billing.budgets import Budgets, Hold
+from llmaas.control.billing.money import pico_to_usd
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ApiKey, UsageRecord
-from llmaas.control.money import pico_to_usd
-from llmaas.control.principal import Context, Principal, Role
 
 log = logging.getLogger("llmaas.metering")
 

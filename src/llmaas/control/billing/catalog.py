@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import Context
+from llmaas.control.billing.money import price_per_mtok, price_to_pico_per_token
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ModelPrice
-from llmaas.control.money import price_per_mtok, price_to_pico_per_token
-from llmaas.control.principal import Context
 from llmaas.core.errors import NotFoundError
 
 

@@ -8,9 +8,9 @@ from datetime import date
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from llmaas.control.auth.principal import Context
+from llmaas.control.billing.money import pico_to_usd
 from llmaas.control.db.models import UsageRecord
-from llmaas.control.money import pico_to_usd
-from llmaas.control.principal import Context
 from llmaas.core.errors import InvalidRequestError
 
 GROUPS = {"model": UsageRecord.model, "key": UsageRecord.key_id, "day": UsageRecord.day,

@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import Context, Limits, Principal, Role
+from llmaas.control.auth.tenants import PLATFORM_TENANT, ROLES_AN_OWNER_GRANTS, get_visible
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ApiKey, Tenant
-from llmaas.control.limits_view import apply_limits, limits_dict
-from llmaas.control.principal import Context, Limits, Principal, Role
-from llmaas.control.tenants import PLATFORM_TENANT, ROLES_AN_OWNER_GRANTS, get_visible
+from llmaas.control.limits.view import apply_limits, limits_dict
 from llmaas.core.errors import AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError
 
 log = logging.getLogger("llmaas.auth")

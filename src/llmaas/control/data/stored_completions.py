@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
-from llmaas.control import audit
+from llmaas.control.auth import audit
+from llmaas.control.auth.principal import SPENDERS, Context, Principal
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import CompletionFeedback, StoredCompletion, Tenant
-from llmaas.control.principal import SPENDERS, Context, Principal
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 _SCAN_CHUNK = 500  # rows read per query while filtering on metadata (a JSON column, filtered here)

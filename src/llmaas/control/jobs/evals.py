@@ -10,10 +10,10 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import aware, utcnow
 from llmaas.control.db.models import EvalItem, Job, JobCheckpoint, StoredFile, TenantModel
-from llmaas.control.jobs import newest_first, request_cancel
-from llmaas.control.principal import SPENDERS, Context
+from llmaas.control.jobs.queue import newest_first, request_cancel
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "eval"

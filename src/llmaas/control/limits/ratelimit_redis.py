@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmaas.control.ratelimit import LEASE_TTL_S, Decision, Scope
+from llmaas.control.limits.ratelimit import LEASE_TTL_S, Decision, Scope
 
 # KEYS: per scope i (1-based block b = 3*(i-1)): b+1 requests bucket, b+2 tokens bucket, b+3 parallel zset.
 # ARGV: tokens, lease, lease_ttl_s, requests (0 or 1), then per scope: rpm, tpm, max_parallel (0 = no limit).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmaas.control.billing.money import pico_to_usd, usd_to_pico
 from llmaas.control.clock import PERIODS
-from llmaas.control.money import pico_to_usd, usd_to_pico
 from llmaas.core.errors import InvalidRequestError
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "budget_alert_fraction")

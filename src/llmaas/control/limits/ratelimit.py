@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmaas.control.principal import Limits
+from llmaas.control.auth.principal import Limits
 
 # A parallel-request slot is leased, not held forever: a process that dies mid-request frees its
 # slots after this long (Redis) — long enough for any stream.

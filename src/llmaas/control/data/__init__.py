@@ -1,0 +1,1 @@
+"""Tenants' data: encrypted files, dataset parsing and validation, stored completions."""

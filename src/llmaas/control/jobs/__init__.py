@@ -1,0 +1,1 @@
+"""The durable job queue, and the fine-tuning jobs and evals that run on it."""

@@ -1,0 +1,1 @@
+"""Rate limits (requests, tokens, parallel requests per minute) in memory or Redis, and their view."""
