@@ -2,7 +2,7 @@
 
 For each `--nice` value (default 0, 5, 10; 0 is equal priority, the peer setting) it starts `llmaas serve`
 with LLMAAS_WORKER_NICE set, measures one chat stream back to back while idle, then starts a fine-tune
-(rotten_tomatoes from ../shared/data, chat format) with an eval attached, and once the first training step
+(rotten_tomatoes from data/, chat format) with an eval attached, and once the first training step
 is done: streams chats back to back for `--busy-s` seconds (training steps/min under that load), pauses
 for `--idle-s` (steps/min alone), and after the job succeeds times the first token of the new `ft:` model
 and chat latency while its eval runs. Prints a table with ratios to the idle figures; writes
@@ -94,7 +94,7 @@ def one(nice: int, a: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nice", default="0,5,10", help="worker nice values to compare (default 0,5,10)")
-    ap.add_argument("--rows", type=int, default=240, help="training rows (batch 8: rows/8 steps)")
+    ap.add_argument("--rows", type=int, default=240, help="training rows (batch 8: rows/8 steps; data/ holds 2400)")
     ap.add_argument("--busy-s", type=float, default=60, help="seconds of back-to-back chats during training")
     ap.add_argument("--idle-s", type=float, default=30, help="seconds of training alone after that")
     ap.add_argument("--threads", type=int, default=None)

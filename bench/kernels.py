@@ -5,7 +5,7 @@ for, and what each re-encoding costs in quality against the served model.
 Why: at concurrency 16 llmaas's step is one 16-sequence decode, so the decode itself bounds serving throughput
 (16 / step time). This shows that bound per weight type on this machine, next to the quality price of changing
 the type: KL divergence of next-token distributions to the served model, top-1 agreement and perplexity, on real
-text from ../shared/data. Re-encodings are made with llama_model_quantize (allow_requantize) into a temp dir.
+text from data/. Re-encodings are made with llama_model_quantize (allow_requantize) into a temp dir.
 
     python bench/kernels.py [--types Q8_0,IQ4_NL,Q4_0] [--texts 30]     -> bench/results/kernels.json
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"
 
 
 def served_gguf() -> str:
@@ -117,7 +117,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default="Q8_0,IQ4_NL,Q4_0", help="re-encodings to compare with the served Q4_1")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--texts", type=int, default=30, help="documents from ../shared/data for the quality check")
+    ap.add_argument("--texts", type=int, default=30,
+                    help="documents for the quality check: the first N/8 rows of each data/*/*.jsonl")
     ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "kernels.json")
     args = ap.parse_args()
     from llama_cpp import llama_cpp as L

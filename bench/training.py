@@ -1,5 +1,5 @@
 """Training throughput: llmaas's LoRA trainer vs a plain Hugging Face `Trainer` + PEFT script, side by
-side in one run: same dequantized SmolLM2 weights, same chat data (../shared/data/chitchat), same
+side in one run: same dequantized SmolLM2 weights, same chat data (data/chitchat), same
 tokenization and loss mask, same LoRA config (r 16, alpha 32, all linear layers), batch size, sequence
 length, threads and float32. Each side runs in its own process; tokens/s counts real (non-pad) tokens
 over the timed steps (the first `--skip` steps are warm-up). Target: llmaas >= 1.3x.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "chitchat" / "train.jsonl"
+DATA = ROOT / "data" / "chitchat" / "train.jsonl"  # 200 chats vendored (data/README.md)
 RESULTS = ROOT / "bench" / "results"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -96,7 +96,8 @@ def run_side(side: str, a: argparse.Namespace, cache: Path, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=48)
+    ap.add_argument("--rows", type=int, default=48,
+                    help="chats from data/chitchat/train.jsonl (default 48; at most 200, the rows vendored there)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=6)
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--side", choices=["llmaas", "hf"], help=argparse.SUPPRESS)  # internal: one side per process
     ap.add_argument("--output", type=Path, default=RESULTS / "training.json")
     a = ap.parse_args()
+    if a.rows > (have := len(DATA.read_text().splitlines())):
+        ap.error(f"--rows {a.rows}: {DATA.relative_to(ROOT)} holds {have} chats")
     if a.side:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_side(a.side, a, a.cache, Path(tmp))))

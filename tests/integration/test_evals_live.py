@@ -1,6 +1,6 @@
 """Evals on a live `llmaas serve` with the real SmolLM2 (llama.cpp) and a real worker process:
 classification (metrics checked against scikit-learn on the stored predictions), generation and loss
-on slices of ../shared/data, compare, the CLI with its table, isolation, and an eval that survives
+on slices of the vendored data/ folder, compare, the CLI with its table, isolation, and an eval that survives
 `kill -9` of its worker (resumes after its last stored batch, no row lost or doubled)."""
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
+from tests.data import data_bytes
 from tests.integration.conftest import MODEL, LiveServer
 from tests.integration.test_fine_tuning_flow import worker_pids
 
 pytestmark = pytest.mark.integration
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TEMPLATE = "Review: {text}\nIs this review positive or negative?"
-
-
-def lines(name: str, split: str, n: int) -> bytes:
-    return ("\n".join((DATA / name / f"{split}.jsonl").read_text().splitlines()[:n]) + "\n").encode()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def tenant(ev_server) -> Tenant:
 
 
 def test_classification_metrics_match_sklearn(tenant):
-    fid = tenant.upload(lines("rotten_tomatoes", "test", 48))
+    fid = tenant.upload(data_bytes("rotten_tomatoes", "test", 48))
     ev = tenant.wait(tenant.create(file_id=fid, name="rt-base", task={
         "type": "classification", "labels": ["positive", "negative"], "prompt_template": TEMPLATE})["id"])
     assert ev["status"] == "succeeded", ev["error"]
@@ -105,7 +100,7 @@ def test_classification_metrics_match_sklearn(tenant):
     # the same rows as chat rows (label = the assistant's answer) give the same predictions
     chat = "\n".join(json.dumps({"messages": [{"role": "user", "content": TEMPLATE.format(text=json.loads(x)["text"])},
                                               {"role": "assistant", "content": json.loads(x)["label"]}]})
-                     for x in lines("rotten_tomatoes", "test", 48).decode().splitlines())
+                     for x in data_bytes("rotten_tomatoes", "test", 48).decode().splitlines())
     ev2 = tenant.wait(tenant.create(file_id=tenant.upload(chat.encode()), name="rt-chat",
                                     task={"type": "classification", "labels": labels})["id"])
     assert [it["prediction"] for it in tenant.items(ev2["id"])] == p
@@ -115,7 +110,7 @@ def test_classification_metrics_match_sklearn(tenant):
 
 
 def test_generation_and_loss(tenant):
-    fid = tenant.upload(lines("chitchat", "valid", 8))
+    fid = tenant.upload(data_bytes("chitchat", "valid", 8))
     gen = tenant.create(file_id=fid, task={"type": "generation", "max_tokens": 24})
     loss = tenant.create(file_id=fid, task={"type": "loss"})
     g, lo = tenant.wait(gen["id"]), tenant.wait(loss["id"])
@@ -132,7 +127,7 @@ def test_generation_and_loss(tenant):
 
 def test_cli_prints_the_table(ev_server, tenant, tmp_path):
     f = tmp_path / "rt.jsonl"
-    f.write_bytes(lines("rotten_tomatoes", "valid", 16))
+    f.write_bytes(data_bytes("rotten_tomatoes", "valid", 16))
     out = subprocess.run([sys.executable, "-m", "llmaas.cli", "eval", "run", "--base-url", f"{ev_server.url}/v1",
                           "-m", MODEL, "-f", str(f), "--template", TEMPLATE, "--name", "cli"],
                          env={**os.environ, "LLMAAS_API_KEY": tenant.key}, capture_output=True, text=True, timeout=300)
@@ -145,7 +140,7 @@ def test_cli_prints_the_table(ev_server, tenant, tmp_path):
 
 
 def test_eval_survives_kill_9_of_its_worker_and_is_isolated(ev_server, tenant):
-    fid = tenant.upload(lines("rotten_tomatoes", "test", 400))
+    fid = tenant.upload(data_bytes("rotten_tomatoes", "test", 400))
     ev = tenant.create(file_id=fid, task={"type": "classification", "prompt_template": TEMPLATE})
     deadline = time.monotonic() + 300
     while (tenant.http.get(f"/evals/{ev['id']}").json()["progress"]["rows_done"] or 0) < 40:
@@ -169,7 +164,7 @@ def test_eval_survives_kill_9_of_its_worker_and_is_isolated(ev_server, tenant):
 
 
 def test_cancel_stops_a_running_eval_within_a_batch(ev_server, tenant):
-    ev = tenant.create(file_id=tenant.upload(lines("rotten_tomatoes", "train", 400)),
+    ev = tenant.create(file_id=tenant.upload(data_bytes("rotten_tomatoes", "train", 400)),
                        task={"type": "classification", "prompt_template": TEMPLATE})
     deadline = time.monotonic() + 300
     while (tenant.http.get(f"/evals/{ev['id']}").json()["progress"]["rows_done"] or 0) < 16:
@@ -178,6 +173,6 @@ def test_cancel_stops_a_running_eval_within_a_batch(ev_server, tenant):
     assert tenant.http.post(f"/evals/{ev['id']}/cancel").status_code == 200
     done = tenant.wait(ev["id"], timeout=120)
     assert done["status"] == "cancelled" and done["progress"]["rows_done"] < 400
-    small = tenant.create(file_id=tenant.upload(lines("rotten_tomatoes", "valid", 8)),
+    small = tenant.create(file_id=tenant.upload(data_bytes("rotten_tomatoes", "valid", 8)),
                           task={"type": "classification", "prompt_template": TEMPLATE})
     assert tenant.wait(small["id"], timeout=300)["status"] == "succeeded"  # the worker is free again

@@ -1,7 +1,7 @@
 """The whole fine-tuning loop through the official SDK on a live `llmaas serve` (real SmolLM2 via
 llama.cpp, a real worker process training LoRA with torch + PEFT): upload, create, events,
 checkpoints, success, chat with the `ft:` model at once, cancel, a failing job, and crash-resume
-after `kill -9` of the worker mid-training. Small slices of ../shared/data keep it to minutes."""
+after `kill -9` of the worker mid-training. Small slices of the vendored data/ folder keep it to minutes."""
 
 from __future__ import annotations
 
@@ -10,26 +10,19 @@ import os
 import signal
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import openai
 import psutil
 import pytest
 
+from tests.data import data_bytes, data_lines
 from tests.integration.conftest import MODEL, LiveServer
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def rows(name: str, split: str, n: int) -> bytes:
-    lines = (DATA / name / f"{split}.jsonl").read_text().splitlines()[:n]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def sentiment_rows(n: int) -> bytes:
     out = []
-    for line in (DATA / "rotten_tomatoes" / "train.jsonl").read_text().splitlines()[:n]:
+    for line in data_lines("rotten_tomatoes", "train", n):
         r = json.loads(line)
         out.append(json.dumps({"messages": [
             {"role": "system", "content": "Classify the sentiment of the movie review as positive or negative."},
@@ -80,7 +73,7 @@ def worker_pids(server: LiveServer) -> list[int]:
 def test_fine_tune_then_chat_with_the_model_at_once(ft_server, tenant):
     tid, c = tenant
     f = c.files.create(file=("sentiment.jsonl", sentiment_rows(48)), purpose="fine-tune")
-    held_out = c.files.create(file=("valid.jsonl", rows("rotten_tomatoes", "valid", 16)), purpose="evals")
+    held_out = c.files.create(file=("valid.jsonl", data_bytes("rotten_tomatoes", "valid", 16)), purpose="evals")
     job = c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, suffix="sent", seed=3, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8,
                                                                  "learning_rate_multiplier": 5}}},
@@ -141,7 +134,7 @@ def test_fine_tune_then_chat_with_the_model_at_once(ft_server, tenant):
 
 def test_cancel_stops_training_and_frees_the_worker(ft_server, tenant):
     _, c = tenant
-    f = c.files.create(file=("chat.jsonl", rows("chitchat", "train", 200)), purpose="fine-tune")
+    f = c.files.create(file=("chat.jsonl", data_bytes("chitchat", "train", 200)), purpose="fine-tune")
     job = c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": 4}}})
     wait_for(c, job.id, ("running",), timeout=300)
@@ -160,7 +153,7 @@ def test_cancel_stops_training_and_frees_the_worker(ft_server, tenant):
     assert done.status == "cancelled" and waited < 2 * max(steps) + 5, (waited, steps)
     # the worker is free again: a small job runs to completion
     small = c.fine_tuning.jobs.create(model=MODEL, training_file=c.files.create(
-        file=("s.jsonl", rows("chitchat", "train", 8)), purpose="fine-tune").id, method={
+        file=("s.jsonl", data_bytes("chitchat", "train", 8)), purpose="fine-tune").id, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}})
     assert wait_for(c, small.id, ("succeeded", "failed")).status == "succeeded"
 

@@ -5,7 +5,6 @@ continuation alone, and honour a LoRA adapter."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,10 @@ import llmaas.engine.backends.llamacpp as llamacpp
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
 from llmaas.engine.scoring import ScoreItem, common_prefix
+from tests.data import data_lines
 from tests.lora_fixtures import write_random_lora
 
 pytestmark = pytest.mark.integration
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "rotten_tomatoes"
 LABELS = ("positive", "negative")
 
 
@@ -36,7 +35,7 @@ def items(runner) -> list[ScoreItem]:
         return tpl.tokenize(msgs, lambda t, sp: runner.tokenize(t, special=sp))
 
     out = []
-    for line in (DATA / "test.jsonl").read_text().splitlines()[:24]:
+    for line in data_lines("rotten_tomatoes", "test", 24):
         msgs = [ChatMessage("system", "Classify the sentiment as positive or negative."),
                 ChatMessage("user", "Review: " + json.loads(line)["text"])]
         prefix = chat(msgs)

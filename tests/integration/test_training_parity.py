@@ -29,16 +29,15 @@ pytest.importorskip("peft")
 from llmaas.training import SFTConfig, train  # noqa: E402
 from llmaas.training.base_model import resolve_base, resolve_gguf  # noqa: E402
 from llmaas.training.data import ChatEncoder  # noqa: E402
+from tests.data import data_lines  # noqa: E402
 
 pytestmark = pytest.mark.integration
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chitchat"
 N_POSITIONS = 400
 TIE_NATS = 0.1  # top-2 margin below which a top-1 flip is quantization noise
 
 
 def read_rows(split: str, n: int, skip: int = 0) -> list[dict]:
-    lines = (DATA / f"{split}.jsonl").read_text().splitlines()[skip:skip + n]
-    return [json.loads(x) for x in lines]
+    return [json.loads(x) for x in data_lines("chitchat", split, n, skip)]
 
 
 @pytest.fixture(scope="module")

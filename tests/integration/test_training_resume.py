@@ -18,9 +18,9 @@ pytest.importorskip("peft")
 from safetensors.torch import load_file  # noqa: E402
 
 from llmaas.training import SFTConfig, TrainHooks, latest_checkpoint, train  # noqa: E402
+from tests.data import data_lines  # noqa: E402
 
 pytestmark = pytest.mark.integration
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chitchat"
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def base_cache(request, tmp_path_factory) -> Path:
 
 
 def job(base_cache: Path, out: Path, **kw) -> dict:
-    rows = [json.loads(x) for x in (DATA / "train.jsonl").read_text().splitlines()[100:112]]
-    valid = [json.loads(x) for x in (DATA / "valid.jsonl").read_text().splitlines()[:4]]
+    rows = [json.loads(x) for x in data_lines("chitchat", "train", 12, skip=100)]
+    valid = [json.loads(x) for x in data_lines("chitchat", "valid", 4)]
     # 12 chats, 2 per micro-batch, 2 micro-batches per step: 3 steps an epoch, 6 in all. Dropout on, so the
     # checkpointed RNG state matters; a checkpoint every 2 steps, so the resume crosses an epoch boundary.
     return dict(base_model="smollm2", output_dir=str(out), cache_dir=str(base_cache), train_examples=rows,
