@@ -27,7 +27,7 @@ import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
 from llmaas.engine.model_runner import log_softmax
-from llmaas.engine.sampling import NumpySampler
+from llmaas.engine.sampling import GREEDY_BELOW, NumpySampler
 from llmaas.engine.scoring import (
     SCORE_BATCH,
     SCORE_SEQ_TOKENS,
@@ -125,7 +125,7 @@ class _LlamaSampler:
             add(L.llama_sampler_init_penalties(
                 runner.context_size, 0, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
             ))
-        if p.temperature <= 0:
+        if p.temperature < GREEDY_BELOW:
             add(L.llama_sampler_init_greedy())
             return
         add(L.llama_sampler_init_temp(p.temperature))  # same order as NumpySampler
