@@ -764,8 +764,19 @@ def build_hostile(spec: dict, ctx: dict) -> list[Case]:
                     per_route[f"{path_t} [path]"].append(
                         Case("hostile", method, path_t, concrete_h, f"{{{n}}}={label}", who=who, content=body,
                              headers=hdr if body else None))
-    # round-robin across routes
-    queues = [collections.deque(v) for v in per_route.values()]
+    # round-robin across routes, and within a route across its fields (a case's field: its desc up to "=")
+    return _interleave([_interleave(list(_by_field(v).values())) for v in per_route.values()])
+
+
+def _by_field(cases: list[Case]) -> dict[str, list[Case]]:
+    out: dict[str, list[Case]] = collections.defaultdict(list)
+    for c in cases:
+        out[c.desc.split("=", 1)[0]].append(c)
+    return out
+
+
+def _interleave(lists: list[list[Case]]) -> list[Case]:
+    queues = [collections.deque(v) for v in lists if v]
     out: list[Case] = []
     while queues:
         for q in list(queues):
