@@ -786,9 +786,11 @@ def _interleave(lists: list[list[Case]]) -> list[Case]:
     return out
 
 
-def run_hostile(run: Run, cases: list[Case], deadline: float) -> int:
-    done = 0
-    for c in cases:
+def run_hostile(run: Run, cases: list[Case], deadline: float, start: int = 0) -> int:
+    """Cases[start:] until the deadline; returns the index of the first case not run."""
+    done = start
+    run.groups["hostile"].skipped_out_of_time = 0
+    for c in cases[start:]:
         if time.monotonic() >= deadline:
             run.groups["hostile"].skipped_out_of_time = len(cases) - done
             break
@@ -1005,13 +1007,14 @@ def main() -> int:
                   args.request_timeout)
         spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
         hostile_cases: list[Case] = []
+        next_case = 0
         baselines: dict[str, Any] = dict(ctx["baseline_status"])
         if not args.skip_hostile:
             hostile_cases = build_hostile(spec, ctx)
             baselines.update(check_baselines(run, hostile_cases))
             print(f"phase 1: {len(hostile_cases)} hostile cases (model {ctx['model']})", flush=True)
             hostile_deadline = deadline if args.skip_schemathesis else start + args.time_budget * args.hostile_share
-            run_hostile(run, hostile_cases, hostile_deadline)
+            next_case = run_hostile(run, hostile_cases, hostile_deadline)
             run.probe("hostile")
         if not args.skip_schemathesis:
             left = deadline - time.monotonic()
@@ -1021,6 +1024,10 @@ def main() -> int:
             run.probe("schemathesis_member")
             run_schemathesis(run, "schemathesis_admin", "admin", True, args.max_examples, deadline, args.seed + 10_000)
             run.probe("schemathesis_admin")
+            if next_case < len(hostile_cases) and not run.out_of_time():  # schemathesis left time over
+                print(f"phase 1 again from case {next_case}, {deadline - time.monotonic():.0f} s left", flush=True)
+                run_hostile(run, hostile_cases, deadline, next_case)
+                run.probe("hostile")
         report["baseline_status"] = baselines
         report["hostile_cases_planned"] = len(hostile_cases)
     except KeyboardInterrupt:
