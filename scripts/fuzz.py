@@ -971,7 +971,8 @@ def check_baselines(run: Run, cases: list[Case]) -> dict[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=["fake", "llamacpp"], default="fake")
-    ap.add_argument("--time-budget", type=float, default=300, help="seconds for both phases (default 300)")
+    ap.add_argument("--time-budget", type=float, default=300,
+                    help="seconds for both phases, server start-up and setup not counted (default 300)")
     ap.add_argument("--max-examples", type=int, default=25,
                     help="schemathesis examples per operation and data mode (default 25)")
     ap.add_argument("--hostile-share", type=float, default=0.55,
