@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.listing import page
 from llmaas.control.cursors import int_cursor
 from llmaas.control.jobs import evals
 from llmaas.control.jobs import fine_tuning as ft
+from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.evals import EvalCreate
 

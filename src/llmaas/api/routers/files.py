@@ -13,6 +13,7 @@ from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
 from llmaas.control.data.files import FileService, FileUpload, file_dict
+from llmaas.control.paging import page
 from llmaas.core.errors import InvalidRequestError
 
 router = APIRouter(tags=["files"])
@@ -57,9 +58,7 @@ def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None
     service = _files(request)
     with service.db.session() as s:
         rows, more = service.list(s, ctx, purpose=purpose, after=after, limit=limit, order=order)
-        data = [file_dict(f) for f in rows]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": more}
+        return page([file_dict(f) for f in rows], more)
 
 
 @router.get("/v1/files/{file_id}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.listing import metadata_query, page
+from llmaas.api.listing import metadata_query
 from llmaas.control.jobs import fine_tuning as ft
+from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.fine_tuning import FineTuneCreate
 

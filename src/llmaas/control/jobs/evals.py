@@ -11,24 +11,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import SPENDERS, Context
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.models import EvalItem, Job, JobCheckpoint, StoredFile, TenantModel
 from llmaas.control.jobs.queue import newest_first, request_cancel
+from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "eval"
 EVAL_FILE_PURPOSES = ("evals", "fine-tune")
 
 
-def _ts(dt) -> int | None:
-    return int(aware(dt).timestamp()) if dt else None
-
 
 def eval_dict(j: Job) -> dict:
     spec, state, result = j.spec, j.state or {}, j.result or {}
     return {
-        "object": "eval", "id": j.id, "name": spec.get("name"), "created_at": _ts(j.created_at),
-        "started_at": _ts(j.started_at), "finished_at": _ts(j.finished_at), "status": j.status,
+        "object": "eval", "id": j.id, "name": spec.get("name"), "created_at": unix(j.created_at),
+        "started_at": unix(j.started_at), "finished_at": unix(j.finished_at), "status": j.status,
         "model": spec["models"], "file_id": spec["file_id"], "task": spec["task"], "max_rows": spec.get("max_rows"),
         "metadata": spec.get("metadata"), "fine_tuning_job_id": spec.get("fine_tuning_job_id"),
         "progress": {"rows_total": state.get("rows_total"), "rows_done": state.get("rows_done", 0),
@@ -105,10 +103,7 @@ def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: i
         raise InvalidRequestError(f"Eval {eval_id} did not evaluate '{model}'; it evaluated {', '.join(models)}.",
                                   param="model")
     stmt = select(EvalItem).where(EvalItem.job_id == j.id, EvalItem.model == (model or models[0]))
-    if after is not None:
-        stmt = stmt.where(EvalItem.idx > after)
-    rows = list(s.scalars(stmt.order_by(EvalItem.idx).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(s, stmt, (EvalItem.idx,), after=None if after is None else (after,), limit=limit)
 
 
 def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
@@ -151,7 +146,7 @@ def attach_to_lineage(s: Session, job: Job, model: str, summary: dict) -> None:
     if tm is None or tm.tenant_id != job.tenant_id:
         return
     entry = {"eval_id": job.id, "name": job.spec.get("name"), "task": job.spec["task"]["type"],
-             "file_id": job.spec["file_id"], "created_at": int(utcnow().timestamp()), "metrics": summary}
+             "file_id": job.spec["file_id"], "created_at": unix(utcnow()), "metrics": summary}
     lineage = dict(tm.lineage or {})
     lineage["evals"] = [e for e in lineage.get("evals", []) if e.get("eval_id") != job.id] + [entry]
     tm.lineage = lineage

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import Job, JobEvent
+from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError
 
 PENDING = ("validating_files", "queued")
@@ -33,16 +34,10 @@ def _claimable(now):
 def newest_first(s: Session, tenant_id: str, kind: str, *, after: Job | None, limit: int,
                  keep: Callable[[Job], bool] | None = None) -> tuple[list[Job], bool]:
     """A page of a tenant's jobs of one kind, newest first, after the job `after`; `keep` filters (in Python,
-    so then the whole list is read). Returns (jobs, more)."""
+    read in chunks). Returns (jobs, more)."""
     stmt = select(Job).where(Job.kind == kind, Job.tenant_id == tenant_id)
-    if after is not None:
-        stmt = stmt.where((Job.created_at < after.created_at)
-                          | ((Job.created_at == after.created_at) & (Job.id < after.id)))
-    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
-                          .limit(limit + 1 if keep is None else 10_000)))
-    if keep is not None:
-        rows = [j for j in rows if keep(j)]
-    return rows[:limit], len(rows) > limit
+    return keyset_page(s, stmt, (Job.created_at, Job.id), after=None if after is None else (after.created_at, after.id),
+                       limit=limit, order="desc", keep=keep)
 
 
 def request_cancel(s: Session, job: Job, what: str, param: str) -> Job:
