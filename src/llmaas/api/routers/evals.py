@@ -55,10 +55,7 @@ def get_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
 @router.post("/{eval_id}/cancel")
 def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
-    with cp.db.session() as s:
-        evals.cancel(s, ctx, eval_id)
-    cp.jobs.close_cancelled_pending()  # an eval no worker holds is cancelled at once; a running one within a batch
-    cp.jobs.event(eval_id, "Cancellation requested")
+    cp.jobs.cancel(ctx, eval_id, evals.get, what=f"Eval {eval_id}", param="eval_id")
     with cp.db.session() as s:
         return evals.eval_dict(evals.get(s, ctx, eval_id))
 

@@ -53,10 +53,7 @@ def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
-    with cp.db.session() as s:
-        ft.cancel(s, ctx, job_id)
-    cp.jobs.close_cancelled_pending()  # a job no worker holds is cancelled at once; a running one within a step
-    cp.jobs.event(job_id, "Cancellation requested")
+    cp.jobs.cancel(ctx, job_id, ft.get, what=f"Job {job_id}", param="fine_tuning_job_id")
     with cp.db.session() as s:
         return ft.job_dict(ft.get(s, ctx, job_id))
 

@@ -5,15 +5,13 @@ An eval is a Job of kind "eval": `spec` holds what was asked (models, file, task
 
 from __future__ import annotations
 
-import secrets
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.models import EvalItem, Job, JobCheckpoint, StoredFile, TenantModel
-from llmaas.control.jobs.queue import newest_first, request_cancel
+from llmaas.control.jobs.queue import new_job, newest_first
 from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -69,13 +67,9 @@ def create(s: Session, ctx: Context, *, models: list[str], base_models: list[str
     for m in models:
         check_model(s, ctx, m, base_models)
     check_file(s, ctx, file_id)
-    job = Job(id="eval-" + secrets.token_hex(12), tenant_id=p.tenant_id, key_id=p.key_id, kind=KIND,
-              status="queued", created_at=utcnow(), attempts=0, cancel_requested=False,
-              spec={"name": name, "models": models, "file_id": file_id, "task": task, "max_rows": max_rows,
-                    "metadata": metadata, "fine_tuning_job_id": fine_tuning_job_id},
-              state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="eval", kind=KIND, tenant_id=p.tenant_id, key_id=p.key_id, status="queued",
+                   spec={"name": name, "models": models, "file_id": file_id, "task": task, "max_rows": max_rows,
+                         "metadata": metadata, "fine_tuning_job_id": fine_tuning_job_id})
 
 
 def get(s: Session, ctx: Context, eval_id: str) -> Job:
@@ -87,12 +81,6 @@ def get(s: Session, ctx: Context, eval_id: str) -> Job:
 
 def list_evals(s: Session, ctx: Context, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
     return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit)
-
-
-def cancel(s: Session, ctx: Context, eval_id: str) -> Job:
-    j = get(s, ctx, eval_id)
-    ctx.principal.require(*SPENDERS)
-    return request_cancel(s, j, f"Eval {eval_id}", "eval_id")
 
 
 def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: int | None,
@@ -125,10 +113,7 @@ def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
 # -- written by the eval worker --------------------------------------------------------------------
 def enqueue(s: Session, *, tenant_id: str, key_id: str | None, spec: dict) -> Job:
     """An eval created by the platform (a fine-tune's on-completion eval), already checked."""
-    job = Job(id="eval-" + secrets.token_hex(12), tenant_id=tenant_id, key_id=key_id, kind=KIND, status="queued",
-              created_at=utcnow(), attempts=0, cancel_requested=False, spec=spec, state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="eval", kind=KIND, tenant_id=tenant_id, key_id=key_id, status="queued", spec=spec)
 
 
 def done_items(s: Session, job_id: str, model: str) -> dict[int, dict]:

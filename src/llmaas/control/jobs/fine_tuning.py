@@ -11,11 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import SPENDERS, Context
-from llmaas.control.clock import unix, utcnow
+from llmaas.control.clock import unix
 from llmaas.control.cursors import int_cursor
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
 from llmaas.control.jobs.evals import check_file
-from llmaas.control.jobs.queue import newest_first, request_cancel
+from llmaas.control.jobs.queue import new_job, newest_first
 from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -96,14 +96,10 @@ def create(s: Session, ctx: Context, *, model: str, base_models: list[str], trai
             and 0 <= float(lora_cfg["dropout"]) < 1):
         raise InvalidRequestError("LoRA 'rank' must be 1..256, 'alpha' in (0, 1024], 'dropout' in [0, 1).",
                                   param="lora")
-    job = Job(id="ftjob-" + secrets.token_hex(12), tenant_id=p.tenant_id, key_id=p.key_id, kind=KIND,
-              status="validating_files", created_at=utcnow(), attempts=0, cancel_requested=False,
-              spec={"model": model, "training_file": training_file, "validation_file": validation_file,
-                    "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
-                    "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg, "eval": eval_spec},
-              state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="ftjob", kind=KIND, tenant_id=p.tenant_id, key_id=p.key_id, status="validating_files",
+                   spec={"model": model, "training_file": training_file, "validation_file": validation_file,
+                         "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
+                         "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg, "eval": eval_spec})
 
 
 def get(s: Session, ctx: Context, job_id: str) -> Job:
@@ -119,12 +115,6 @@ def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
         if metadata else None
     return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit,
                         keep=keep)
-
-
-def cancel(s: Session, ctx: Context, job_id: str) -> Job:
-    j = get(s, ctx, job_id)
-    ctx.principal.require(*SPENDERS)
-    return request_cancel(s, j, f"Job {job_id}", "fine_tuning_job_id")
 
 
 def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
