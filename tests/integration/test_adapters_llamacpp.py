@@ -21,10 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from llmaas.core.errors import AdapterNotFoundError, EngineError
 from llmaas.core.metrics import EngineMetrics
+from llmaas.core.model_files import bundled_gguf
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.engine import BatchingEngine
 from llmaas.engine.types import GenerationRequest, SamplingParams, TokenLogprob
-from tests.lora_fixtures import ALL_LINEAR, base_linear_shapes, smollm2_path, write_lora_gguf, write_random_lora
+from tests.lora_fixtures import ALL_LINEAR, base_linear_shapes, write_lora_gguf, write_random_lora
 
 pytestmark = pytest.mark.integration
 PROMPT = "The three most important inventions in history are"
@@ -182,7 +183,7 @@ async def test_unload_and_reload(lora_files):
 
 
 async def test_adapter_for_another_model_is_refused(lora_files, tmp_path):
-    arch, shapes = base_linear_shapes(smollm2_path())
+    arch, shapes = base_linear_shapes(bundled_gguf())
     rng = np.random.default_rng(0)
     wrong = {name: (rng.normal(size=(8, n_in + 64)).astype(np.float32), rng.normal(size=(n_out, 8)).astype(np.float32))
              for name, (n_in, n_out) in shapes.items()}
