@@ -1,5 +1,5 @@
 """LoRA adapters on the real model: SmolLM2 through llama.cpp, in-process BatchingEngine, GGUF LoRA files
-written by tests/lora_fixtures.py (random rank-8 f16 A/B on attn_q/attn_v of all 30 layers, or all linear).
+written by llmaas.training.lora_gguf (random rank-8 f16 A/B on attn_q/attn_v of all 30 layers, or all linear).
 
 Greedy texts of concurrent and solo runs are compared up to near-ties. llama.cpp's numerics depend a little on
 the KV cache layout (cells of sequences interleave differently when they run together; the CPU flash attention
@@ -25,7 +25,7 @@ from llmaas.core.model_files import bundled_gguf
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.engine import BatchingEngine
 from llmaas.engine.types import GenerationRequest, SamplingParams, TokenLogprob
-from tests.lora_fixtures import ALL_LINEAR, base_linear_shapes, write_lora_gguf, write_random_lora
+from llmaas.training.lora_gguf import GGUF_LINEAR, base_linear_shapes, write_lora_gguf, write_random_lora
 
 pytestmark = pytest.mark.integration
 PROMPT = "The three most important inventions in history are"
@@ -38,7 +38,7 @@ def lora_files(tmp_path_factory) -> dict[str, str]:
     return {
         "ft-a": str(write_random_lora(d / "a.gguf", seed=1)),
         "ft-b": str(write_random_lora(d / "b.gguf", seed=2)),
-        "ft-all": str(write_random_lora(d / "all.gguf", seed=3, targets=ALL_LINEAR)),
+        "ft-all": str(write_random_lora(d / "all.gguf", seed=3, targets=GGUF_LINEAR)),
     }
 
 
