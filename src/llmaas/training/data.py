@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from llmaas.core.chat_jsonl import content_text
+
 log = logging.getLogger("llmaas.training.data")
 
 BatchMode = Literal["flatten", "pad"]
@@ -47,17 +49,6 @@ class Example:
     def n_loss_tokens(self) -> int:
         # Token 0 is never predicted (nothing precedes it), so it never counts.
         return int(self.loss_mask[1:].sum())
-
-
-def _content_text(content: Any) -> str:
-    """OpenAI content: a string, None (assistant tool calls), or a list of parts of which we keep the text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
-    return str(content)
 
 
 class ChatEncoder:
@@ -111,7 +102,7 @@ class ChatEncoder:
             if idx < 0:
                 break
             msg = messages[idx]
-            toks = self._encode(_content_text(msg.get("content")), special=False)
+            toks = self._encode(content_text(msg.get("content"), strict=False) or "", special=False)
             train = msg.get("role") == "assistant" and msg.get("weight", 1) != 0
             ids += toks
             mask += [train] * len(toks)

@@ -18,9 +18,10 @@ from sqlalchemy import select
 from llmaas.control.billing.budgets import Hold
 from llmaas.control.billing.metering import UsageEvent
 from llmaas.control.clock import unix, utcnow
-from llmaas.control.data.datasets import read_examples, validate_chat_lines
+from llmaas.control.data.datasets import validate_chat_lines
 from llmaas.control.db.models import JobCheckpoint, TenantModel
 from llmaas.control.jobs.evals import enqueue as enqueue_eval
+from llmaas.core.chat_jsonl import read_examples
 from llmaas.core.errors import LlmaasError
 from llmaas.workers.context import JobContext, JobFailed, model_spec
 

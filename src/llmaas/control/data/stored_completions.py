@@ -19,6 +19,7 @@ from llmaas.control.clock import from_unix, unix, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import CompletionFeedback, StoredCompletion, Tenant
 from llmaas.control.paging import keyset_page, scan, split
+from llmaas.core.chat_jsonl import content_text
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 
@@ -35,7 +36,7 @@ def feedback_dict(f: CompletionFeedback) -> dict:
 def _message_dict(completion_id: str, index: int, m: dict) -> dict:
     content = m.get("content")
     parts = content if isinstance(content, list) else None
-    text = "".join(p.get("text", "") for p in content) if parts is not None else content
+    text = content_text(parts, strict=False) if parts is not None else content
     return {"id": f"{completion_id}-{index}", "role": m.get("role"), "content": text, "name": m.get("name"),
             "content_parts": parts}
 
