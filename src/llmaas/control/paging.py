@@ -7,14 +7,13 @@ names, one row more than asked for: that extra row says `has_more`. Cursor strin
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # imported by the CLI too, which loads SQLAlchemy only when a command needs it
     from sqlalchemy import ColumnElement, Select
     from sqlalchemy.orm import Session
 
 T = TypeVar("T")
-Order = Literal["asc", "desc"]
 SCAN_CHUNK = 500  # rows read per query while filtering in Python (e.g. on a JSON metadata column)
 
 

@@ -137,9 +137,6 @@ class BatchingEngine:
     def eog_tokens(self) -> list[int]:
         return self.runner.eog_tokens()
 
-    def token_text(self, token: int) -> str:
-        return self.runner.token_bytes(token).decode("utf-8", "replace")
-
     # -- generation ----------------------------------------------------------------------------
     def _emit_threadsafe(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
         assert self._loop is not None

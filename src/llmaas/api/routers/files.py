@@ -78,7 +78,7 @@ def file_content(file_id: str, request: Request, ctx: CurrentContext) -> Streami
 def content_disposition(filename: str) -> str:
     """RFC 6266: an ASCII `filename` fallback (quotes, backslashes and control or non-ASCII characters
     replaced) for old clients, and the exact name as RFC 5987 `filename*=UTF-8''...`. Headers are Latin-1 on
-    the wire, so the raw name of a file like 日本語.jsonl cannot go in as it is (that was a 500)."""
+    the wire, so the raw name of a file like 日本語.jsonl cannot go in as it is."""
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "download"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 

@@ -24,7 +24,6 @@ from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError, LlmaasError, NotFoundError
 
 PURPOSES = ("fine-tune", "batch", "evals")
-OUTPUT_PURPOSES = ("fine-tune-results",)  # written by the platform, readable, not uploadable
 
 
 class FileTooLargeError(LlmaasError):

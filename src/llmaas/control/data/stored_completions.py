@@ -193,10 +193,6 @@ class StoredCompletionService:
 
     # --- export ---
 
-    def export(self, ctx: Context, f: ExportFilter) -> bytes:
-        """The matching completions as a chat fine-tuning file (JSONL); b"" when none match."""
-        return b"".join(self.export_lines(ctx, f))
-
     def export_lines(self, ctx: Context, f: ExportFilter) -> Iterator[bytes]:
         """One JSONL line per matching completion: the request's messages, then the answer — the latest
         correction if any, else choice 0's content. The latest rating is the one `min_rating` checks."""

@@ -22,7 +22,6 @@ from llmaas.control.db.models import Job, JobEvent
 from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError
 
-PENDING = ("validating_files", "queued")
 ACTIVE = ("validating_files", "queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
