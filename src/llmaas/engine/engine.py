@@ -311,5 +311,5 @@ class BatchingEngine:
 if TYPE_CHECKING:
     def _implements_client(engine: BatchingEngine) -> EngineClient:
         """A type checker fails here when BatchingEngine stops satisfying the interface the layers above use
-        (tests/unit/test_engine_client.py checks the same at run time)."""
+        (tests/unit/engine/test_client.py checks the same at run time)."""
         return engine

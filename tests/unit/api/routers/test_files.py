@@ -3,18 +3,13 @@ content, delete; size limit; tenant isolation."""
 
 from __future__ import annotations
 
-import json
 import stat
 
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.unit.conftest import Admin, make_client
-
-ROWS = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"{w}!"}]}
-        for w in ("alpha", "bravo", "charlie")]
-TRAIN = "\n".join(json.dumps(r) for r in ROWS).encode() + b"\n"
+from tests.unit.conftest import TRAIN, Admin, make_client
 
 
 @pytest.fixture
