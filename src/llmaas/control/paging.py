@@ -1,13 +1,15 @@
 """Keyset pagination for every list route, and OpenAI's list envelope.
 
 A page is read in a fixed order of key columns (e.g. (created_at, id)), starting after the row a cursor
-names, one row more than asked for: that extra row says `has_more`. Cursor strings are parsed in
-`cursors.py`; which row a cursor names (and whether the caller may see it) is the caller's business."""
+names, one row more than asked for: that extra row says `has_more`. Integer cursor strings are parsed
+in `cursors.py`; `cursor_row` finds the row an id cursor names, if the caller may see it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from llmaas.core.errors import InvalidRequestError
 
 if TYPE_CHECKING:  # imported by the CLI too, which loads SQLAlchemy only when a command needs it
     from sqlalchemy import ColumnElement, Select
@@ -58,6 +60,18 @@ def scan(s: Session, stmt: Select, key: Sequence[Any], *, order: str = "asc",
         if len(rows) < SCAN_CHUNK:
             return
         last = rows[-1]
+
+
+def cursor_row(s: Session, entity: type, after: str | None, key: Sequence[Any], *,
+               visible: Callable[[Any], bool], error: str) -> tuple | None:
+    """The `key` values of the row whose id is `after`, to page after it (None without a cursor); a row the
+    caller may not see is a 400 naming `after` (`error`), exactly like one that does not exist."""
+    if not after:
+        return None
+    row = s.get(entity, after)
+    if row is None or not visible(row):
+        raise InvalidRequestError(error, param="after")
+    return tuple(getattr(row, k.key) for k in key)
 
 
 def keyset_page(s: Session, stmt: Select, key: Sequence[Any], *, after: Sequence[Any] | None = None,

@@ -20,7 +20,7 @@ from llmaas.control.data.crypto import EncryptedWriter, MasterKey
 from llmaas.control.data.datasets import ChatFileValidator, ValidationReport
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import StoredFile
-from llmaas.control.paging import keyset_page
+from llmaas.control.paging import cursor_row, keyset_page
 from llmaas.core.errors import InvalidRequestError, LlmaasError, NotFoundError
 
 PURPOSES = ("fine-tune", "batch", "evals")
@@ -123,13 +123,10 @@ class FileService:
         stmt = select(StoredFile).where(StoredFile.tenant_id == ctx.principal.tenant_id)
         if purpose:
             stmt = stmt.where(StoredFile.purpose == purpose)
-        cursor = None
-        if after:
-            cur = s.get(StoredFile, after)
-            if cur is None or cur.tenant_id != ctx.principal.tenant_id:
-                raise InvalidRequestError(f"'after' is not a file id of yours: {after}", param="after")
-            cursor = (cur.created_at, cur.id)
-        return keyset_page(s, stmt, (StoredFile.created_at, StoredFile.id), after=cursor, limit=limit, order=order)
+        key = (StoredFile.created_at, StoredFile.id)
+        cursor = cursor_row(s, StoredFile, after, key, visible=lambda f: f.tenant_id == ctx.principal.tenant_id,
+                            error=f"'after' is not a file id of yours: {after}")
+        return keyset_page(s, stmt, key, after=cursor, limit=limit, order=order)
 
     def content(self, ctx: Context, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
         with self.db.session() as s:

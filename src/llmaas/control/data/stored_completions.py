@@ -18,7 +18,7 @@ from llmaas.control.auth.principal import SPENDERS, Context, Principal
 from llmaas.control.clock import from_unix, unix, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import CompletionFeedback, StoredCompletion, Tenant
-from llmaas.control.paging import keyset_page, scan, split
+from llmaas.control.paging import cursor_row, keyset_page, scan, split
 from llmaas.core.chat_jsonl import content_text
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
@@ -95,12 +95,8 @@ class StoredCompletionService:
         if model:
             stmt = stmt.where(StoredCompletion.model == model)
         with self.db.session() as s:
-            cursor = None
-            if after:
-                cur = s.get(StoredCompletion, after)
-                if cur is None or cur.tenant_id != tid:
-                    raise InvalidRequestError(f"'after' is not a stored completion of yours: {after}", param="after")
-                cursor = (cur.created_at, cur.id)
+            cursor = cursor_row(s, StoredCompletion, after, _KEY, visible=lambda c: c.tenant_id == tid,
+                                error=f"'after' is not a stored completion of yours: {after}")
             rows, more = keyset_page(s, stmt, _KEY, after=cursor, limit=limit, order=order,
                                      keep=_meta_match(metadata))
             return [completion_dict(c) for c in rows], more
@@ -161,13 +157,10 @@ class StoredCompletionService:
             if completion_id:
                 self._get(s, ctx, completion_id)
                 stmt = stmt.where(fb.completion_id == completion_id)
-            cursor = None
-            if after:
-                cur = s.get(fb, after)
-                if cur is None or cur.tenant_id != tid:
-                    raise InvalidRequestError(f"'after' is not a feedback id of yours: {after}", param="after")
-                cursor = (cur.created_at, cur.id)
-            rows, more = keyset_page(s, stmt, (fb.created_at, fb.id), after=cursor, limit=limit, order=order)
+            key = (fb.created_at, fb.id)
+            cursor = cursor_row(s, fb, after, key, visible=lambda f: f.tenant_id == tid,
+                                error=f"'after' is not a feedback id of yours: {after}")
+            rows, more = keyset_page(s, stmt, key, after=cursor, limit=limit, order=order)
             return [feedback_dict(f) for f in rows], more
 
     # --- retention ---

@@ -16,7 +16,7 @@ from llmaas.control.cursors import int_cursor
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
 from llmaas.control.jobs.evals import check_file
 from llmaas.control.jobs.queue import new_job, newest_first
-from llmaas.control.paging import keyset_page
+from llmaas.control.paging import cursor_row, keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "fine_tune"
@@ -133,13 +133,10 @@ def checkpoints(s: Session, ctx: Context, job_id: str, *, after: str | None,
                 limit: int) -> tuple[list[JobCheckpoint], bool]:
     get(s, ctx, job_id)
     stmt = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-    cursor = None
-    if after:
-        cur = s.get(JobCheckpoint, after)
-        if cur is None or cur.job_id != job_id:
-            raise InvalidRequestError("'after' must be a checkpoint id of this job.", param="after")
-        cursor = (cur.step,)
-    return keyset_page(s, stmt, (JobCheckpoint.step,), after=cursor, limit=limit, order="desc")
+    key = (JobCheckpoint.step,)
+    cursor = cursor_row(s, JobCheckpoint, after, key, visible=lambda c: c.job_id == job_id,
+                        error="'after' must be a checkpoint id of this job.")
+    return keyset_page(s, stmt, key, after=cursor, limit=limit, order="desc")
 
 
 def tenant_models(s: Session, tenant_id: str) -> list[TenantModel]:
