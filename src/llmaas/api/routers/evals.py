@@ -54,10 +54,7 @@ def get_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
 
 @router.post("/{eval_id}/cancel")
 def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    cp.jobs.cancel(ctx, eval_id, evals.get, what=f"Eval {eval_id}", param="eval_id")
-    with cp.db.session() as s:
-        return evals.eval_dict(evals.get(s, ctx, eval_id))
+    return _cp(request).jobs.cancel(ctx, eval_id, evals.get, evals.eval_dict, what=f"Eval {eval_id}", param="eval_id")
 
 
 @router.get("/{eval_id}/items")

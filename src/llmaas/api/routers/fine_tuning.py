@@ -52,10 +52,8 @@ def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    cp.jobs.cancel(ctx, job_id, ft.get, what=f"Job {job_id}", param="fine_tuning_job_id")
-    with cp.db.session() as s:
-        return ft.job_dict(ft.get(s, ctx, job_id))
+    return _cp(request).jobs.cancel(ctx, job_id, ft.get, ft.job_dict, what=f"Job {job_id}",
+                                    param="fine_tuning_job_id")
 
 
 @router.get("/jobs/{job_id}/events")

@@ -100,11 +100,11 @@ class JobQueue:
             res = s.execute(update(Job).where(Job.id == job_id, Job.lease_owner == worker).values(**values))
         return res.rowcount == 1
 
-    def cancel(self, ctx: Context, job_id: str, find: Callable[[Session, Context, str], Job], *, what: str,
-               param: str) -> None:
+    def cancel(self, ctx: Context, job_id: str, find: Callable[[Session, Context, str], Job],
+               show: Callable[[Job], dict], *, what: str, param: str) -> dict:
         """Cancel the job `find` gives the caller (its 404 first), for a spender; 400 if the job has ended. A
         job no worker holds is cancelled at once; a worker holding one stops within a step (its heartbeat
-        reports the flag)."""
+        reports the flag). Returns the job as `show` renders it, after."""
         with self.db.session() as s:
             job = find(s, ctx, job_id)
             ctx.principal.require(*SPENDERS)
@@ -113,6 +113,8 @@ class JobQueue:
             job.cancel_requested = True
         self.close_cancelled_pending()
         self.event(job_id, "Cancellation requested")
+        with self.db.session() as s:
+            return show(find(s, ctx, job_id))
 
     def event(self, job_id: str, message: str, *, level: str = "info", type_: str = "message",
               data: dict | None = None) -> None:
