@@ -19,6 +19,9 @@ import numpy as np
 from llmaas.engine.types import SamplingParams
 
 _NEGLIGIBLE = 1e-7  # tokens below this probability are sorted only if the rest cannot reach top_p
+# Below this temperature sampling is greedy (as in vLLM): dividing logits by a subnormal temperature
+# overflows to inf and NaN probabilities.
+GREEDY_BELOW = 1e-5
 
 
 def rng_seed(seed: int) -> int:
@@ -48,7 +51,7 @@ class NumpySampler:
                 x[self._bias_ids] += self._bias_vals
             if self._penalize and self._counts:
                 self._apply_penalties(x)
-        token = int(x.argmax()) if self._p.temperature <= 0 else self._draw(x)
+        token = int(x.argmax()) if self._p.temperature < GREEDY_BELOW else self._draw(x)
         if self._penalize:
             self._counts[token] = self._counts.get(token, 0) + 1
         return token
@@ -70,7 +73,11 @@ class NumpySampler:
             x = x[ids]
         z = (x - x.max()) / np.float32(p.temperature)
         probs = np.exp(z, dtype=np.float64)  # float64: float32 exp hits slow subnormals far below the max
-        probs /= probs.sum()
+        total = probs.sum()
+        if not np.isfinite(total) or total <= 0:  # logits pushed to inf / NaN (extreme penalties): be greedy
+            best = int(np.nanargmax(np.where(np.isnan(x), -np.inf, x)))
+            return int(ids[best]) if ids is not None else best
+        probs /= total
         if p.top_p < 1.0:
             order = np.flatnonzero(probs > _NEGLIGIBLE)
             order = order[np.argsort(-probs[order], kind="stable")]

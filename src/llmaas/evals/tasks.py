@@ -86,6 +86,8 @@ def read_rows(data: bytes, task: dict, max_rows: int | None = None) -> list[Row]
             obj = json.loads(raw)
         except ValueError as e:
             raise TaskError(f"line {line_no}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TaskError(f"line {line_no}: not valid JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise TaskError(f"line {line_no}: expected a JSON object")
         idx = len(rows)

@@ -100,7 +100,7 @@ class _SamplingFields(_Req):
     # Extensions (as in vLLM / llama.cpp servers)
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=2.0)
     ignore_eos: bool = False
 
     @field_validator("stop")

@@ -159,3 +159,27 @@ def test_health_is_503_when_an_engine_stopped_and_requests_get_503():
         r = chat(client)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
         assert r.headers["retry-after"]
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 1e-9])
+def test_subnormal_temperature_is_greedy_not_a_crash(client, temperature):
+    r = chat(client, temperature=temperature, seed=3)
+    greedy = chat(client, temperature=0)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
+
+
+def test_numpy_sampler_survives_logits_pushed_to_infinity():
+    import numpy as np
+
+    from llmaas.engine.sampling import NumpySampler
+
+    logits = np.full(8, 1e38, dtype=np.float32)
+    logits[5] = np.inf
+    s = NumpySampler(lambda i: logits, SamplingParams(temperature=1.0, repetition_penalty=0.01), 1, [])
+    assert s.sample(0) == 5
+
+
+def test_repetition_penalty_below_the_floor_is_400(client):
+    r = chat(client, repetition_penalty=1e-320)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty", r.text

@@ -64,6 +64,8 @@ class ChatFileValidator:
             obj = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             problem = f"invalid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})"
+        except RecursionError:  # json's decoder recurses once per nesting level
+            problem = "invalid JSON (nested too deeply)"
         else:
             problem = check_example(obj)
         if problem:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError
+from llmaas.engine.sampling import GREEDY_BELOW
 from llmaas.engine.scoring import ScoreItem, score_one_by_one
 from llmaas.engine.types import SamplingParams
 
@@ -35,7 +36,7 @@ class _FakeSampler:
             logits[t] += b
         if self._p.ignore_eos:
             logits[EOS] = -np.inf
-        if self._p.temperature <= 0:
+        if self._p.temperature < GREEDY_BELOW:
             return int(logits.argmax())
         z = logits / self._p.temperature
         prob = np.exp(z - z.max())

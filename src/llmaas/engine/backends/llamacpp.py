@@ -2,8 +2,8 @@
 
 One llama_context holds a KV cache of `n_slots` streams of `context_size` cells (llama.cpp's non-unified
 cache); each slot is a sequence id with its own stream. One `decode` call is one llama_decode over a batch
-that mixes many sequences. Separate streams, not one unified cache, because (measured, see the README's
-Performance section): with a unified cache every sequence's attention runs over the cells of all of them,
+that mixes many sequences. Separate streams, not one unified cache, because (measured, see docs/performance.md):
+with a unified cache every sequence's attention runs over the cells of all of them,
 so a 16-sequence decode step grew from 78 to 94 ms at 160 tokens per sequence and to 136 ms at 400 (72,
 78, 90 ms with streams), and a sequence's logits depended on its batch neighbours; with streams they do
 not, so a seed gives the same output under any load.
@@ -28,7 +28,7 @@ import numpy as np
 from llmaas.core.errors import EngineError, InvalidRequestError
 from llmaas.core.model_files import gguf_path
 from llmaas.engine.model_runner import log_softmax
-from llmaas.engine.sampling import NumpySampler
+from llmaas.engine.sampling import GREEDY_BELOW, NumpySampler
 from llmaas.engine.scoring import (
     SCORE_BATCH,
     SCORE_SEQ_TOKENS,
@@ -120,7 +120,7 @@ class _LlamaSampler:
             add(L.llama_sampler_init_penalties(
                 runner.context_size, 0, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
             ))
-        if p.temperature <= 0:
+        if p.temperature < GREEDY_BELOW:
             add(L.llama_sampler_init_greedy())
             return
         add(L.llama_sampler_init_temp(p.temperature))  # same order as NumpySampler
