@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -37,6 +38,19 @@ def content_text(content: object, *, strict: bool = True) -> str | None:
 def model_role(role: str) -> str:
     """The role the model's chat template sees: "developer" is "system"."""
     return "system" if role == "developer" else role
+
+
+def parse_line(raw: bytes | str) -> object:
+    """One line parsed as JSON; a ValueError saying why not ("Expecting value", "not UTF-8", "nested too
+    deeply") for the caller's "line N: invalid JSON (...)"."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ValueError("nested too deeply") from None
 
 
 def check_example(obj: object) -> str | None:
@@ -86,4 +100,4 @@ def read_examples(chunks: Iterable[bytes]) -> Iterator[dict]:
     """The examples of a checked chat file, normalised."""
     for raw in jsonl_lines(chunks):
         if raw.strip():
-            yield normalise(json.loads(raw))
+            yield normalise(cast(dict, parse_line(raw)))  # checked: an object

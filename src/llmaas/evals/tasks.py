@@ -16,7 +16,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmaas.core.chat_jsonl import ROLES, model_role
+from llmaas.core.chat_jsonl import ROLES, model_role, parse_line
 from llmaas.engine.chat_template import ChatMessage
 
 
@@ -83,11 +83,9 @@ def read_rows(data: bytes, task: dict, max_rows: int | None = None) -> list[Row]
         if max_rows is not None and len(rows) >= max_rows:
             break
         try:
-            obj = json.loads(raw)
+            obj = parse_line(raw)
         except ValueError as e:
-            raise TaskError(f"line {line_no}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise TaskError(f"line {line_no}: not valid JSON (nested too deeply)") from None
+            raise TaskError(f"line {line_no}: not valid JSON ({e})") from None
         if not isinstance(obj, dict):
             raise TaskError(f"line {line_no}: expected a JSON object")
         idx = len(rows)

@@ -5,11 +5,10 @@ problem, as OpenAI's validator does."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llmaas.core.chat_jsonl import check_example, content_text
+from llmaas.core.chat_jsonl import check_example, content_text, parse_line
 
 MAX_ERRORS = 20
 
@@ -61,11 +60,9 @@ class ChatFileValidator:
             return
         r = self.report
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            problem = f"invalid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})"
-        except RecursionError:  # json's decoder recurses once per nesting level
-            problem = "invalid JSON (nested too deeply)"
+            obj = parse_line(raw)
+        except ValueError as e:
+            problem = f"invalid JSON ({e})"
         else:
             problem = check_example(obj)
         if problem:
