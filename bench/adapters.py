@@ -2,7 +2,7 @@
 BatchingEngine) with N concurrent streams all on the base model vs the same N spread over K LoRA adapters.
 
 Every stream generates exactly `--tokens` tokens (greedy, ignore_eos) from its own prompt (no prefix sharing).
-Adapters are random rank-8 f16 LoRA files on attn_q/attn_v of all layers (tests/lora_fixtures.py), loaded
+Adapters are random rank-8 f16 LoRA files on attn_q/attn_v of all layers (llmaas.training.lora_gguf), loaded
 before the clock starts. With K adapters a decode step is K llama_decode calls (llama.cpp applies adapters per
 call), and each adapter switch makes llama.cpp re-reserve its compute graph; the ratio shows what that costs.
 Modes alternate over rounds (base, adapters, adapters, base, ...) so that drift in machine load cancels out.
@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from llmaas.engine.backends.llamacpp import LlamaCppRunner
+from llmaas.engine.engine import BatchingEngine
+from llmaas.engine.types import GenerationRequest, SamplingParams
+from llmaas.training.lora_gguf import write_random_lora
 
-from llmaas.engine.backends.llamacpp import LlamaCppRunner  # noqa: E402
-from llmaas.engine.engine import BatchingEngine  # noqa: E402
-from llmaas.engine.types import GenerationRequest, SamplingParams  # noqa: E402
-from tests.lora_fixtures import write_random_lora  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOPICS = ["the history of the printing press", "how vaccines work", "the water cycle", "a day in Rome",
           "the rules of chess", "why the sky is blue", "how to bake bread", "the life of bees"]

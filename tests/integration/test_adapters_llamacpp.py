@@ -1,5 +1,5 @@
 """LoRA adapters on the real model: SmolLM2 through llama.cpp, in-process BatchingEngine, GGUF LoRA files
-written by tests/lora_fixtures.py (random rank-8 f16 A/B on attn_q/attn_v of all 30 layers, or all linear).
+written by llmaas.training.lora_gguf (random rank-8 f16 A/B on attn_q/attn_v of all 30 layers, or all linear).
 
 Greedy texts of concurrent and solo runs are compared up to near-ties. llama.cpp's numerics depend a little on
 the KV cache layout (cells of sequences interleave differently when they run together; the CPU flash attention
@@ -21,10 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from llmaas.core.errors import AdapterNotFoundError, EngineError
 from llmaas.core.metrics import EngineMetrics
+from llmaas.core.model_files import bundled_gguf
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.engine import BatchingEngine
 from llmaas.engine.types import GenerationRequest, SamplingParams, TokenLogprob
-from tests.lora_fixtures import ALL_LINEAR, base_linear_shapes, smollm2_path, write_lora_gguf, write_random_lora
+from llmaas.training.lora_gguf import GGUF_LINEAR, base_linear_shapes, write_lora_gguf, write_random_lora
 
 pytestmark = pytest.mark.integration
 PROMPT = "The three most important inventions in history are"
@@ -37,7 +38,7 @@ def lora_files(tmp_path_factory) -> dict[str, str]:
     return {
         "ft-a": str(write_random_lora(d / "a.gguf", seed=1)),
         "ft-b": str(write_random_lora(d / "b.gguf", seed=2)),
-        "ft-all": str(write_random_lora(d / "all.gguf", seed=3, targets=ALL_LINEAR)),
+        "ft-all": str(write_random_lora(d / "all.gguf", seed=3, targets=GGUF_LINEAR)),
     }
 
 
@@ -182,7 +183,7 @@ async def test_unload_and_reload(lora_files):
 
 
 async def test_adapter_for_another_model_is_refused(lora_files, tmp_path):
-    arch, shapes = base_linear_shapes(smollm2_path())
+    arch, shapes = base_linear_shapes(bundled_gguf())
     rng = np.random.default_rng(0)
     wrong = {name: (rng.normal(size=(8, n_in + 64)).astype(np.float32), rng.normal(size=(n_out, 8)).astype(np.float32))
              for name, (n_in, n_out) in shapes.items()}

@@ -13,8 +13,8 @@ import llmaas.engine.backends.llamacpp as llamacpp
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
 from llmaas.engine.chat_template import ChatMessage, ChatTemplate
 from llmaas.engine.scoring import ScoreItem, common_prefix
+from llmaas.training.lora_gguf import write_random_lora
 from tests.data import data_lines
-from tests.lora_fixtures import write_random_lora
 
 pytestmark = pytest.mark.integration
 LABELS = ("positive", "negative")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from llmaas.engine.backends.fake import FakeRunner
 from llmaas.engine.engine import BatchingEngine
 
 ADMIN_KEY = "sk-llmaas-unit-test-admin-key-000000000000"
+# A small valid chat fine-tuning file, for the tests that upload one.
+ROWS = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"{w}!"}]}
+        for w in ("alpha", "bravo", "charlie")]
+TRAIN = "\n".join(json.dumps(r) for r in ROWS).encode() + b"\n"
+DEEP = b'{"messages": ' + b"[" * 1500 + b"]" * 1500 + b"}\n"  # a line json's decoder recurses 3000 levels into
 
 
 def make_client(max_queued: int = 8, n_slots: int = 4, context_size: int = 256, *, data_dir: Path | None = None,

@@ -1,22 +1,29 @@
-"""The one place where exceptions become OpenAI error envelopes (JSON bodies and SSE frames)."""
+"""The one place where exceptions become OpenAI error responses (JSON bodies and SSE frames)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
-from llmaas.core.errors import LlmaasError
+from llmaas.core.errors import LlmaasError, error_body
 
 log = logging.getLogger("llmaas.api")
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+async def send_error(send: Send, status: int, body: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """An error response written straight to ASGI, for middleware that answers before the app runs."""
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def to_envelope(exc: BaseException) -> tuple[int, dict, dict[str, str]]:

@@ -24,7 +24,8 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmaas.api.errors import error_body
+from llmaas.api.errors import send_error
+from llmaas.core.errors import error_body
 
 # A `\uD800`-`\uDFFF` escape that is not half of a valid pair, or a `\u0000` escape. An escaped backslash
 # before it (`\\ud800`, which is text, not an escape) can make this match anyway: a false positive only
@@ -235,7 +236,4 @@ def _replay(body: bytes, pending: list[Message], receive: Receive) -> Receive:
 
 
 async def _reject(send: Send, e: BadInput) -> None:
-    payload = json.dumps(error_body(e.message, "invalid_request_error", e.param, e.code)).encode()
-    await send({"type": "http.response.start", "status": e.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
+    await send_error(send, e.status, error_body(e.message, "invalid_request_error", e.param, e.code))

@@ -1,4 +1,4 @@
-"""What list routes share: OpenAI's list envelope and the SDK's `metadata[key]=value` query filter."""
+"""The SDK's `metadata[key]=value` query filter of list routes (their envelope is `control.paging.page`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ from fastapi import Request
 
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.common import check_metadata
-
-
-def page(items: list[dict], more: bool) -> dict:
-    return {"object": "list", "data": items, "has_more": more,
-            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
 
 
 def metadata_query(request: Request) -> dict[str, str] | None:

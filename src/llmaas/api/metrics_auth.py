@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmaas.api.errors import error_body
+from llmaas.api.errors import send_error
 from llmaas.control.auth.principal import Role
 from llmaas.core.config import Settings
-from llmaas.core.errors import LlmaasError
+from llmaas.core.errors import LlmaasError, error_body
 
 
 class MetricsAuthMiddleware:
@@ -30,11 +29,9 @@ class MetricsAuthMiddleware:
                                    or await _is_admin_key(scope, secret)):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(error_body("/metrics needs LLMAAS_METRICS_KEY or an admin API key as a bearer token.",
-                                     "invalid_request_error", None, "invalid_api_key")).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, error_body("/metrics needs LLMAAS_METRICS_KEY or an admin API key as a bearer "
+                                               "token.", "invalid_request_error", None, "invalid_api_key"),
+                         [(b"www-authenticate", b"Bearer")])
 
 
 def _bearer(scope: Scope) -> str | None:

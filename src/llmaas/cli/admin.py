@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from llmaas.control.clock import from_unix
+from llmaas.control.paging import page
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -142,11 +145,6 @@ def _limits(rpm: int | None, tpm: int | None, max_parallel: int | None, budget: 
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _page(items: list[dict]) -> dict:
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": False}
-
-
 def _emit(as_json: bool, obj: Any, human: Callable[[], None]) -> None:
     if as_json:
         typer.echo(json.dumps(obj, indent=2, default=str))
@@ -155,7 +153,7 @@ def _emit(as_json: bool, obj: Any, human: Callable[[], None]) -> None:
 
 
 def _ts(v: int | None) -> str:
-    return datetime.fromtimestamp(v, UTC).strftime("%Y-%m-%d %H:%M:%S") if v else "-"
+    return from_unix(v).strftime("%Y-%m-%d %H:%M:%S") if v else "-"
 
 
 def _cell(v: Any) -> str:
@@ -248,7 +246,7 @@ def tenants_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [_tenant_out(a, s, t) for t in tenants.list_visible(s, a.ctx)]
-    _emit(as_json, _page(items), lambda: _table(items, _TENANT_COLS))
+    _emit(as_json, page(items, False), lambda: _table(items, _TENANT_COLS))
 
 
 @tenants_app.command("show")
@@ -349,7 +347,7 @@ def keys_list(tenant: TenantRef, data_dir: DataDir = None, as_json: AsJson = Fal
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [key_dict(k) for k in a.keys.list(s, a.ctx, _resolve(s, tenant).id)]
-    _emit(as_json, _page(items), lambda: _table(items, _KEY_COLS))
+    _emit(as_json, page(items, False), lambda: _table(items, _KEY_COLS))
 
 
 @keys_app.command("revoke")
@@ -410,7 +408,7 @@ def prices_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
     with _admin(data_dir) as a, a.db.session() as s:
         items = [price_dict(p) for p in a.catalog.list(s)]
-    _emit(as_json, _page(items), lambda: _table(items, _PRICE_COLS))
+    _emit(as_json, page(items, False), lambda: _table(items, _PRICE_COLS))
 
 
 # --- usage and audit ---
@@ -462,6 +460,6 @@ def audit_cmd(
 
     with _admin(data_dir) as a, a.db.session() as s:
         q = audit.AuditQuery(tenant_id=_resolve(s, tenant).id if tenant else None, action=action, limit=limit)
-        items = [audit.to_dict(r) for r in audit.query(s, a.ctx, q)]
-    _emit(as_json, {"object": "list", "data": items, "has_more": len(items) == limit,
-                    "last_id": items[-1]["id"] if items else None}, lambda: _table(items, _AUDIT_COLS))
+        rows, more = audit.query(s, a.ctx, q)
+        items = [audit.to_dict(r) for r in rows]
+    _emit(as_json, page(items, more), lambda: _table(items, _AUDIT_COLS))

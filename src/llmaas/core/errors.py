@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error envelope: the body of every error response, and of an SSE stream's error frame."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 class LlmaasError(Exception):
     status_code = 500
     error_type = "server_error"
@@ -24,9 +29,7 @@ class LlmaasError(Exception):
         self.headers = headers or {}
 
     def to_dict(self) -> dict:
-        return {
-            "error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
-        }
+        return error_body(self.message, self.error_type, self.param, self.code)
 
 
 class InvalidRequestError(LlmaasError):

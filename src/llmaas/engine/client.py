@@ -1,7 +1,7 @@
 """EngineClient: all that the layers above the engine (serving, api, control, evals, workers) know of one.
 
-A structural type, so that what serves a model can change (today the in-process BatchingEngine; later an
-engine in another process or a Ray replica) without touching the code that calls it. Nothing above the
+A structural type, so that what serves a model (the in-process BatchingEngine, or an engine in another
+process) can change without touching the code that calls it. Nothing above the
 engine may reach past this interface (e.g. into BatchingEngine.runner): what it needs goes here.
 """
 

@@ -137,9 +137,6 @@ class BatchingEngine:
     def eog_tokens(self) -> list[int]:
         return self.runner.eog_tokens()
 
-    def token_text(self, token: int) -> str:
-        return self.runner.token_bytes(token).decode("utf-8", "replace")
-
     # -- generation ----------------------------------------------------------------------------
     def _emit_threadsafe(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
         assert self._loop is not None
@@ -314,5 +311,5 @@ class BatchingEngine:
 if TYPE_CHECKING:
     def _implements_client(engine: BatchingEngine) -> EngineClient:
         """A type checker fails here when BatchingEngine stops satisfying the interface the layers above use
-        (tests/unit/test_engine_client.py checks the same at run time)."""
+        (tests/unit/engine/test_client.py checks the same at run time)."""
         return engine

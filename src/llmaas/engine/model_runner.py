@@ -19,12 +19,6 @@ class Sampler(Protocol):
     def sample(self, batch_index: int) -> int:
         """Pick (and accept) the next token from the logits at `batch_index` of the last decode."""
 
-    def score_many(self, items: list[ScoreItem], adapter: str | None = None,
-                   shared: list[int] | None = None) -> list[list[list[float]]]:
-        """For each item and each of its continuations: the log-probabilities of the continuation's tokens
-        given the item's prefix (separate context; batched: evals score thousands of rows). `shared`: a
-        prefix many items start with, prefilled once per decode."""
-
     def close(self) -> None: ...
 
 

@@ -383,8 +383,6 @@ class BatchScheduler:
             else:
                 self._metrics.itl.labels(model).observe(now - seq.last_token_at)
             self._metrics.generation_tokens.labels(model).inc()
-        if seq.generated == 1:
-            seq.first_token_at = now
         seq.last_token_at = now
         seq.last_token = token
         if token in self._eog and not p.ignore_eos:

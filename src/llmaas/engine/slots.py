@@ -21,7 +21,6 @@ class Seq:
     last_token: int = -1
     generated: int = 0
     cached: int = 0
-    first_token_at: float = 0.0
     last_token_at: float = 0.0
 
 

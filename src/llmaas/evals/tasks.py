@@ -16,9 +16,8 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from llmaas.core.chat_jsonl import ROLES, model_role, parse_line
 from llmaas.engine.chat_template import ChatMessage
-
-ROLES = ("system", "user", "assistant", "developer")
 
 
 class TaskError(Exception):
@@ -44,7 +43,7 @@ def _messages(obj: object, line: int) -> list[ChatMessage]:
     for i, m in enumerate(obj):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise TaskError(f"line {line}: messages[{i}] needs a role ({', '.join(ROLES)}) and string content")
-        out.append(ChatMessage("system" if m["role"] == "developer" else m["role"], m["content"]))
+        out.append(ChatMessage(model_role(m["role"]), m["content"]))
     return out
 
 
@@ -84,11 +83,9 @@ def read_rows(data: bytes, task: dict, max_rows: int | None = None) -> list[Row]
         if max_rows is not None and len(rows) >= max_rows:
             break
         try:
-            obj = json.loads(raw)
+            obj = parse_line(raw)
         except ValueError as e:
-            raise TaskError(f"line {line_no}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise TaskError(f"line {line_no}: not valid JSON (nested too deeply)") from None
+            raise TaskError(f"line {line_no}: not valid JSON ({e})") from None
         if not isinstance(obj, dict):
             raise TaskError(f"line {line_no}: expected a JSON object")
         idx = len(rows)

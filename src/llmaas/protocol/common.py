@@ -1,7 +1,7 @@
 """Field types every wire schema shares, with the bounds the database and Python's datetime impose.
 
-Unbounded integers used to reach `datetime.fromtimestamp` (OverflowError / ValueError past year 9999) or
-32-bit database columns (an error on PostgreSQL): both 500s. Bounded here, pydantic answers 400 naming
+Unbounded, an integer would reach `datetime.fromtimestamp` (OverflowError / ValueError past year 9999) or
+a 32-bit database column (an error on PostgreSQL): both 500s. Bounded here, pydantic answers 400 naming
 the field."""
 
 from __future__ import annotations

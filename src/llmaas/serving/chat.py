@@ -12,6 +12,7 @@ from contextlib import aclosing
 
 from llmaas.control.auth.principal import Principal
 from llmaas.control.plane import ControlPlane
+from llmaas.core.chat_jsonl import model_role
 from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import SamplingParams, TokenLogprob
@@ -82,7 +83,7 @@ class ServingChat:
         # Role, model and request limits first: a refused caller costs no templating or tokenizing.
         ticket = await self.models.open_ticket(principal, body.model, "chat.completions", request_id)
         try:
-            messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+            messages = [ChatMessage(model_role(m.role), m.text()) for m in body.messages]
             prompt = await engine.tokenize_chat_async(messages)
             max_tokens = max_tokens_for(
                 engine, len(prompt), body.requested_max_tokens(),

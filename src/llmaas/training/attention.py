@@ -7,9 +7,8 @@ through the model's forward kwargs) and each piece runs SDPA with `is_causal=Tru
 attention, no wasted score computations, no mask tensor.
 
 The function is registered under its own attention-implementation name. transformers builds no mask at all
-for an implementation it has no mask function for, which is what we want: without `seq_lens` (the "pad"
-batch mode, right-padded rows) plain causal attention is also exact for every real token, because with right
-padding a real token never sees a pad token.
+for an implementation it has no mask function for, which is what we want. Without `seq_lens` a row is one
+example, and plain causal attention is exact.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ def _varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: 
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     if attention_mask is not None:
-        raise ValueError(f"{ATTN_IMPLEMENTATION} attention takes no mask (flattened or right-padded rows only)")
+        raise ValueError(f"{ATTN_IMPLEMENTATION} attention takes no mask (flattened rows only)")
     # GQA without repeat_kv: the CPU flash kernel takes enable_gqa (measured ~10% faster fwd+bwd than repeating).
     gqa = {"enable_gqa": True} if getattr(module, "num_key_value_groups", 1) > 1 else {}
     if seq_lens is None or len(seq_lens) == 1:

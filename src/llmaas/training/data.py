@@ -8,10 +8,9 @@ plus the end-of-turn token that closes it (so the model learns to stop), and not
 or of the template's role headers. An assistant message with `"weight": 0` (OpenAI fine-tuning format)
 is context only: no loss on it.
 
-Batching. "flatten" (default) concatenates the `batch_size` examples of a micro-batch into ONE row with
-position ids restarting at 0 for each example and per-example causal attention (see `attention.py`): no pad
-token is ever computed and no example attends to another. "pad" is the classic alternative, kept for
-comparison: length-bucketed rows padded to the longest one in the batch.
+Batching: the `batch_size` examples of a micro-batch are concatenated into ONE row with position ids
+restarting at 0 for each example and per-example causal attention (see `attention.py`): no pad token is ever
+computed and no example attends to another.
 """
 
 from __future__ import annotations
@@ -20,16 +19,16 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from llmaas.core.chat_jsonl import content_text
+
 log = logging.getLogger("llmaas.training.data")
 
-BatchMode = Literal["flatten", "pad"]
 # End-of-turn tokens of common chat templates; whichever exists in the vocabulary closes an assistant turn.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-_BUCKET_BATCHES = 32  # "pad" mode sorts by length within windows of this many batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +46,6 @@ class Example:
     def n_loss_tokens(self) -> int:
         # Token 0 is never predicted (nothing precedes it), so it never counts.
         return int(self.loss_mask[1:].sum())
-
-
-def _content_text(content: Any) -> str:
-    """OpenAI content: a string, None (assistant tool calls), or a list of parts of which we keep the text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
-    return str(content)
 
 
 class ChatEncoder:
@@ -111,7 +99,7 @@ class ChatEncoder:
             if idx < 0:
                 break
             msg = messages[idx]
-            toks = self._encode(_content_text(msg.get("content")), special=False)
+            toks = self._encode(content_text(msg.get("content"), strict=False) or "", special=False)
             train = msg.get("role") == "assistant" and msg.get("weight", 1) != 0
             ids += toks
             mask += [train] * len(toks)
@@ -144,63 +132,42 @@ def encode_examples(encoder: ChatEncoder, rows: Iterable[dict[str, Any]], max_se
     return out, stats
 
 
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                  mode: BatchMode = "flatten") -> list[list[int]]:
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The micro-batches (lists of example indices) of one epoch: a pure function of (seed, epoch).
 
     Resuming needs nothing but the epoch number and the position in this list.
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths)).tolist()
-    if mode == "flatten":
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    window = batch_size * _BUCKET_BATCHES
-    batches: list[list[int]] = []
-    for w in range(0, len(order), window):
-        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    order = np.random.default_rng([seed, epoch]).permutation(n_examples).tolist()
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass(slots=True)
 class Batch:
     """Model inputs of one micro-batch, and where its loss targets are.
 
-    `pred_index` indexes the flattened [rows * row_len] hidden states: position p predicts `targets[k]`.
-    `seq_lens` (flatten mode) are the lengths of the examples laid end to end in the single row.
+    `pred_index` indexes the hidden states of the single row: position p predicts `targets[k]`.
+    `seq_lens` are the lengths of the examples laid end to end in the row.
     """
 
-    input_ids: Any  # torch.LongTensor [rows, row_len]
-    position_ids: Any  # torch.LongTensor [rows, row_len]
+    input_ids: Any  # torch.LongTensor [1, n_tokens]
+    position_ids: Any  # torch.LongTensor [1, n_tokens]
     pred_index: Any  # torch.LongTensor [n_targets]
     targets: Any  # torch.LongTensor [n_targets]
-    seq_lens: list[int] | None
-    n_tokens: int  # tokens that are not padding
+    seq_lens: list[int]
+    n_tokens: int
 
     @property
     def n_targets(self) -> int:
         return int(self.targets.shape[0])
 
 
-def collate(examples: Sequence[Example], mode: BatchMode = "flatten", pad_id: int = 0) -> Batch:
+def collate(examples: Sequence[Example]) -> Batch:
     import torch
 
     lens = [len(e) for e in examples]
-    if mode == "flatten":
-        offsets = np.cumsum([0, *lens[:-1]])
-        ids = np.concatenate([e.input_ids for e in examples])[None, :]
-        pos = np.concatenate([np.arange(n) for n in lens])[None, :]
-        row_len = 0  # unused: one row
-        seq_lens: list[int] | None = lens
-    else:
-        row_len = max(lens)
-        ids = np.full((len(examples), row_len), pad_id, dtype=np.int64)
-        pos = np.zeros((len(examples), row_len), dtype=np.int64)
-        for r, e in enumerate(examples):
-            ids[r, :len(e)] = e.input_ids
-            pos[r, :len(e)] = np.arange(len(e))
-        offsets = np.arange(len(examples)) * row_len
-        seq_lens = None
+    offsets = np.cumsum([0, *lens[:-1]])
+    ids = np.concatenate([e.input_ids for e in examples])[None, :]
+    pos = np.concatenate([np.arange(n) for n in lens])[None, :]
     pred, tgt = [], []
     for off, e in zip(offsets, examples, strict=True):
         j = np.flatnonzero(e.loss_mask[1:]) + 1  # target positions within the example (never its first token)
@@ -211,6 +178,6 @@ def collate(examples: Sequence[Example], mode: BatchMode = "flatten", pad_id: in
         position_ids=torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64)),
         pred_index=torch.from_numpy(np.concatenate(pred).astype(np.int64)),
         targets=torch.from_numpy(np.concatenate(tgt).astype(np.int64)),
-        seq_lens=seq_lens,
+        seq_lens=lens,
         n_tokens=int(sum(lens)),
     )

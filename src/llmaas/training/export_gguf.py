@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -29,18 +28,10 @@ from typing import Any, Literal
 import numpy as np
 
 from llmaas.training.base_model import read_gguf_arch
+from llmaas.training.lora_gguf import GGUF_NAMES, write_adapter
 
 log = logging.getLogger("llmaas.training.export")
 
-_MODULE_TO_GGUF = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
 # PEFT names: [base_model.model.]model.layers.{i}.{module}.lora_{A|B}[.{adapter}].weight
 _LORA_NAME = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
@@ -78,8 +69,6 @@ def export_lora_gguf(adapter: str | os.PathLike[str] | Mapping[str, Any], base_g
     `alpha` defaults to the adapter config's `lora_alpha` (required when passing a state dict). rsLoRA
     adapters are exported with alpha * sqrt(r), since llama.cpp always scales by alpha / r.
     """
-    import gguf
-
     base_gguf_path, out_path = Path(base_gguf_path), Path(out_path)
     arch = read_gguf_arch(base_gguf_path)
     if arch.architecture != "llama":
@@ -96,9 +85,9 @@ def export_lora_gguf(adapter: str | os.PathLike[str] | Mapping[str, Any], base_g
         if m is None:
             raise ValueError(f"unsupported tensor in adapter: {name} (only LoRA on attention/MLP projections)")
         layer, module, ab = int(m[1]), m[2], m[3]
-        if module not in _MODULE_TO_GGUF or layer >= arch.n_layer:
+        if module not in GGUF_NAMES or layer >= arch.n_layer:
             raise ValueError(f"adapter tensor {name} has no counterpart in the {arch.n_layer}-layer base model")
-        pairs.setdefault(f"blk.{layer}.{_MODULE_TO_GGUF[module]}.weight", {})[ab] = t
+        pairs.setdefault(f"blk.{layer}.{GGUF_NAMES[module]}.weight", {})[ab] = t
     if not pairs:
         raise ValueError("the adapter holds no LoRA tensors")
 
@@ -125,26 +114,7 @@ def export_lora_gguf(adapter: str | os.PathLike[str] | Mapping[str, Any], base_g
             raise ValueError("rsLoRA export needs one rank for all modules")
         alpha = alpha * math.sqrt(ranks.pop())
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp_name, arch.architecture)
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, arr in writer_tensors:
-            writer.add_tensor(name, arr)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_adapter(out_path, arch.architecture, writer_tensors, alpha, f16=dtype == "f16")
     log.info("exported %d LoRA tensor pairs (alpha %s, %s) to %s", len(writer_tensors) // 2, alpha, dtype, out_path)
     return out_path
 

@@ -202,7 +202,6 @@ def _train(cfg: SFTConfig, hooks: TrainHooks) -> SFTResult:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
-    lengths = [len(e) for e in train_ex]
     n_micro = math.ceil(len(train_ex) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.n_epochs
@@ -230,10 +229,9 @@ def _train(cfg: SFTConfig, hooks: TrainHooks) -> SFTResult:
         while step < total_steps:
             epoch, k = divmod(step, steps_per_epoch)
             if epoch != plan_epoch:
-                plan, plan_epoch = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.batch_mode), epoch
+                plan, plan_epoch = epoch_batches(len(train_ex), cfg.batch_size, cfg.seed, epoch), epoch
             t0 = time.perf_counter()
-            micro = [collate([train_ex[i] for i in idx], cfg.batch_mode, tokenizer.pad_token_id or 0)
-                     for idx in plan[k * cfg.grad_accum:(k + 1) * cfg.grad_accum]]
+            micro = [collate([train_ex[i] for i in idx]) for idx in plan[k * cfg.grad_accum:(k + 1) * cfg.grad_accum]]
             n_targets = sum(b.n_targets for b in micro)
             loss_sum, n_correct, n_tokens = 0.0, 0, 0
             for batch in micro:

@@ -17,10 +17,11 @@ from sqlalchemy import select
 
 from llmaas.control.billing.budgets import Hold
 from llmaas.control.billing.metering import UsageEvent
-from llmaas.control.clock import utcnow
-from llmaas.control.data.datasets import read_examples, validate_chat_lines
+from llmaas.control.clock import unix, utcnow
+from llmaas.control.data.datasets import validate_chat_lines
 from llmaas.control.db.models import JobCheckpoint, TenantModel
 from llmaas.control.jobs.evals import enqueue as enqueue_eval
+from llmaas.core.chat_jsonl import read_examples
 from llmaas.core.errors import LlmaasError
 from llmaas.workers.context import JobContext, JobFailed, model_spec
 
@@ -95,7 +96,7 @@ def run_fine_tune(ctx: JobContext) -> None:
         if total:
             ctx.state["total_steps"] = int(total)
             rate = (time.monotonic() - started) / max(1, step - (ctx.state.get("resumed_step") or 0))
-            ctx.state["estimated_finish"] = int((utcnow() + timedelta(seconds=rate * (total - step))).timestamp())
+            ctx.state["estimated_finish"] = unix(utcnow() + timedelta(seconds=rate * (total - step)))
         data = {"step": step, **{k: float(v) for k, v in m.items() if isinstance(v, int | float)}}
         rows_csv.append(data)
         msg = f"Step {step}" + (f"/{total}" if total else "") + "".join(

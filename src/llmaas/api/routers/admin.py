@@ -6,7 +6,7 @@ plain `def`: FastAPI runs them in its thread pool, so database work never blocks
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 
 from fastapi import APIRouter, Query, Request
 
@@ -16,6 +16,8 @@ from llmaas.control.auth.keys import key_dict
 from llmaas.control.auth.principal import Context, Limits
 from llmaas.control.billing import usage
 from llmaas.control.billing.catalog import price_dict
+from llmaas.control.clock import from_unix
+from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
 from llmaas.protocol.common import INT32_MAX, MAX_UNIX_TIME
@@ -25,11 +27,6 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "The admin API")
-
-
-def _page(items: list[dict]) -> dict:
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": False}
 
 
 def _tenant_out(cp: ControlPlane, s, t) -> dict:
@@ -51,7 +48,7 @@ def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> 
 def list_tenants(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        return _page([_tenant_out(cp, s, t) for t in tenants.list_visible(s, ctx)])
+        return page([_tenant_out(cp, s, t) for t in tenants.list_visible(s, ctx)], False)
 
 
 @router.get("/tenants/{tenant_id}")
@@ -98,7 +95,7 @@ def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentCo
 def list_keys(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        return _page([key_dict(k) for k in cp.keys.list(s, ctx, tenant_id)])
+        return page([key_dict(k) for k in cp.keys.list(s, ctx, tenant_id)], False)
 
 
 @router.get("/tenants/{tenant_id}/keys/{key_id}")
@@ -143,7 +140,7 @@ def list_prices(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
     with cp.db.session() as s:
-        return _page([price_dict(p) for p in cp.catalog.list(s)])
+        return page([price_dict(p) for p in cp.catalog.list(s)], False)
 
 
 @router.get("/models/{model:path}")
@@ -192,10 +189,8 @@ def audit_log(request: Request, ctx: CurrentContext, tenant_id: str | None = Non
               limit: int = Query(default=100, ge=1, le=1000)) -> dict:
     cp = _cp(request)
     q = audit.AuditQuery(tenant_id=tenant_id, action=action, actor_key_id=actor_key_id, target_id=target_id,
-                         since=datetime.fromtimestamp(since, UTC) if since else None,
-                         until=datetime.fromtimestamp(until, UTC) if until else None, after=after, limit=limit)
+                         since=from_unix(since) if since else None,
+                         until=from_unix(until) if until else None, after=after, limit=limit)
     with cp.db.session() as s:
-        rows = audit.query(s, ctx, q)
-        items = [audit.to_dict(r) for r in rows]
-    return {"object": "list", "data": items, "has_more": len(items) == limit,
-            "last_id": items[-1]["id"] if items else None}
+        rows, more = audit.query(s, ctx, q)
+        return page([audit.to_dict(r) for r in rows], more)

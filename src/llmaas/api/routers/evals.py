@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.listing import page
 from llmaas.control.cursors import int_cursor
 from llmaas.control.jobs import evals
 from llmaas.control.jobs import fine_tuning as ft
+from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.evals import EvalCreate
 
@@ -54,13 +54,7 @@ def get_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
 
 @router.post("/{eval_id}/cancel")
 def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    with cp.db.session() as s:
-        evals.cancel(s, ctx, eval_id)
-    cp.jobs.close_cancelled_pending()  # an eval no worker holds is cancelled at once; a running one within a batch
-    cp.jobs.event(eval_id, "Cancellation requested")
-    with cp.db.session() as s:
-        return evals.eval_dict(evals.get(s, ctx, eval_id))
+    return _cp(request).jobs.cancel(ctx, eval_id, evals.get, evals.eval_dict, what=f"Eval {eval_id}", param="eval_id")
 
 
 @router.get("/{eval_id}/items")

@@ -13,6 +13,7 @@ from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
 from llmaas.control.data.files import FileService, FileUpload, file_dict
+from llmaas.control.paging import page
 from llmaas.core.errors import InvalidRequestError
 
 router = APIRouter(tags=["files"])
@@ -57,9 +58,7 @@ def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None
     service = _files(request)
     with service.db.session() as s:
         rows, more = service.list(s, ctx, purpose=purpose, after=after, limit=limit, order=order)
-        data = [file_dict(f) for f in rows]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": more}
+        return page([file_dict(f) for f in rows], more)
 
 
 @router.get("/v1/files/{file_id}")
@@ -79,7 +78,7 @@ def file_content(file_id: str, request: Request, ctx: CurrentContext) -> Streami
 def content_disposition(filename: str) -> str:
     """RFC 6266: an ASCII `filename` fallback (quotes, backslashes and control or non-ASCII characters
     replaced) for old clients, and the exact name as RFC 5987 `filename*=UTF-8''...`. Headers are Latin-1 on
-    the wire, so the raw name of a file like 日本語.jsonl cannot go in as it is (that was a 500)."""
+    the wire, so the raw name of a file like 日本語.jsonl cannot go in as it is."""
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename) or "download"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 

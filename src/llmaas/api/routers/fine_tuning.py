@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.listing import metadata_query, page
+from llmaas.api.listing import metadata_query
 from llmaas.control.jobs import fine_tuning as ft
+from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
 from llmaas.protocol.fine_tuning import FineTuneCreate
 
@@ -51,13 +52,8 @@ def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    with cp.db.session() as s:
-        ft.cancel(s, ctx, job_id)
-    cp.jobs.close_cancelled_pending()  # a job no worker holds is cancelled at once; a running one within a step
-    cp.jobs.event(job_id, "Cancellation requested")
-    with cp.db.session() as s:
-        return ft.job_dict(ft.get(s, ctx, job_id))
+    return _cp(request).jobs.cancel(ctx, job_id, ft.get, ft.job_dict, what=f"Job {job_id}",
+                                    param="fine_tuning_job_id")
 
 
 @router.get("/jobs/{job_id}/events")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentPrincipal
 from llmaas.api.responses import served_models
-from llmaas.control.clock import aware
+from llmaas.control.clock import unix
 from llmaas.control.db.models import TenantModel
 from llmaas.control.jobs.fine_tuning import tenant_models
 from llmaas.core.errors import ModelNotFoundError
@@ -25,7 +25,7 @@ def _model_obj(engine: EngineClient) -> dict:
 
 
 def _tenant_model_obj(m: TenantModel, context: int | None) -> dict:
-    return {"id": m.id, "object": "model", "created": int(aware(m.created_at).timestamp()), "owned_by": m.tenant_id,
+    return {"id": m.id, "object": "model", "created": unix(m.created_at), "owned_by": m.tenant_id,
             "context_length": context, "parent": m.base_model, "lineage": m.lineage}
 
 

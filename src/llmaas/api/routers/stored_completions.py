@@ -8,8 +8,9 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.listing import metadata_query, page
+from llmaas.api.listing import metadata_query
 from llmaas.control.data.stored_completions import StoredCompletionService
+from llmaas.control.paging import page
 from llmaas.protocol.stored_completions import FeedbackCreate, MetadataUpdate
 
 router = APIRouter(tags=["stored completions"])

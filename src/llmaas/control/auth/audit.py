@@ -10,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import Context
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.models import AuditRecord
+from llmaas.control.paging import keyset_page
 
 
 def record(
@@ -39,12 +40,13 @@ class AuditQuery:
     limit: int = 100
 
 
-def query(s: Session, ctx: Context, q: AuditQuery) -> list[AuditRecord]:
-    """Admins see everything; owners see their own tenant's trail only."""
+def query(s: Session, ctx: Context, q: AuditQuery) -> tuple[list[AuditRecord], bool]:
+    """A page of the trail, newest first: (entries, more). Admins see everything; owners see their own
+    tenant's trail only."""
     from llmaas.control.auth.principal import Role
 
     ctx.principal.require(Role.OWNER)
-    stmt = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(max(1, min(q.limit, 1000)))
+    stmt = select(AuditRecord)
     tenant = q.tenant_id if ctx.principal.is_admin else ctx.principal.tenant_id
     if tenant:
         stmt = stmt.where(AuditRecord.tenant_id == tenant)
@@ -58,14 +60,13 @@ def query(s: Session, ctx: Context, q: AuditQuery) -> list[AuditRecord]:
         stmt = stmt.where(AuditRecord.at >= q.since)
     if q.until:
         stmt = stmt.where(AuditRecord.at < q.until)
-    if q.after is not None:
-        stmt = stmt.where(AuditRecord.id < q.after)
-    return list(s.scalars(stmt))
+    return keyset_page(s, stmt, (AuditRecord.id,), after=None if q.after is None else (q.after,),
+                       limit=max(1, min(q.limit, 1000)), order="desc")
 
 
 def to_dict(r: AuditRecord) -> dict:
     return {
-        "id": r.id, "object": "audit_log.entry", "at": int(aware(r.at).timestamp()), "action": r.action,
+        "id": r.id, "object": "audit_log.entry", "at": unix(r.at), "action": r.action,
         "actor": {"key_id": r.actor_key_id, "tenant_id": r.actor_tenant_id, "name": r.actor,
                   "ip": r.source_ip},
         "target": {"type": r.target_type, "id": r.target_id, "tenant_id": r.tenant_id},

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from llmaas.control.auth import audit
 from llmaas.control.auth.principal import Context, Limits, Principal, Role
 from llmaas.control.auth.tenants import PLATFORM_TENANT, ROLES_AN_OWNER_GRANTS, get_visible
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import aware, unix, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ApiKey, Tenant
 from llmaas.control.limits.view import apply_limits, limits_dict
@@ -52,16 +52,13 @@ def key_dict(k: ApiKey, secret: str | None = None) -> dict:
     d = {
         "id": k.id, "object": "api_key", "tenant_id": k.tenant_id, "name": k.name,
         "prefix": k.prefix + "…", "role": k.role, "models": k.models, "status": key_status(k),
-        "created_at": _ts(k.created_at), "expires_at": _ts(k.expires_at), "revoked_at": _ts(k.revoked_at),
-        "last_used_at": _ts(k.last_used_at), "rotated_from": k.rotated_from, "limits": limits_dict(k),
+        "created_at": unix(k.created_at), "expires_at": unix(k.expires_at), "revoked_at": unix(k.revoked_at),
+        "last_used_at": unix(k.last_used_at), "rotated_from": k.rotated_from, "limits": limits_dict(k),
     }
     if secret is not None:
         d["key"] = secret  # the only time the secret leaves the server
     return d
 
-
-def _ts(dt: datetime | None) -> int | None:
-    return int(aware(dt).timestamp()) if dt else None
 
 
 def _check_role(ctx: Context, tenant_id: str, role: Any) -> Role:

@@ -12,7 +12,7 @@ from llmaas.core.errors import PermissionDeniedError
 class Role(StrEnum):
     ADMIN = "admin"  # platform admin: every tenant, the catalog, the audit log
     OWNER = "owner"  # manages its tenant's keys and limits, sees its usage and audit trail
-    MEMBER = "member"  # uses models (inference, later files / fine-tunes), sees its tenant's usage
+    MEMBER = "member"  # uses models (inference, files, fine-tunes, evals), sees its tenant's usage
     READER = "reader"  # read-only: lists and reads, never creates, changes or spends
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from llmaas.control.auth import audit
 from llmaas.control.auth.principal import Context, Role
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.models import ApiKey, Tenant
 from llmaas.control.limits.view import apply_limits, limits_dict
 from llmaas.core.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -26,7 +26,7 @@ def new_tenant_id() -> str:
 
 def tenant_dict(t: Tenant) -> dict:
     return {
-        "id": t.id, "object": "tenant", "name": t.name, "created_at": int(aware(t.created_at).timestamp()),
+        "id": t.id, "object": "tenant", "name": t.name, "created_at": unix(t.created_at),
         "disabled": t.disabled, "metadata": t.metadata_ or {}, "limits": limits_dict(t),
         "store_retention_days": t.store_retention_days,  # null: the platform default (LLMAAS_STORE_RETENTION_DAYS)
     }

@@ -58,7 +58,7 @@ def next_period(period: str, start: datetime) -> datetime:
 
 
 # Plain SQL on the DBAPI cursor for the reservation (the request hot path): through SQLAlchemy the
-# overhead was ~4x the statements themselves. The meter's batch settlement goes through SQLAlchemy Core.
+# overhead is ~4x the statements themselves. The meter's batch settlement goes through SQLAlchemy Core.
 _PRICE = "SELECT input_pico, output_pico, training_pico FROM model_prices WHERE model = :m"
 _LEDGER = "SELECT id FROM budget_ledgers WHERE scope = :s AND scope_id = :i AND period_start = :p"
 _NEW_LEDGER = ("INSERT INTO budget_ledgers (scope, scope_id, period_start, spent_pico, reserved_pico, alerted) "

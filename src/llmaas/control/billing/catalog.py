@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from llmaas.control.auth import audit
 from llmaas.control.auth.principal import Context
 from llmaas.control.billing.money import price_per_mtok, price_to_pico_per_token
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import ModelPrice
 from llmaas.core.errors import NotFoundError
@@ -30,7 +30,7 @@ def price_dict(p: ModelPrice) -> dict:
     return {"id": p.model, "object": "model.price", "input_usd_per_mtok": price_per_mtok(p.input_pico),
             "output_usd_per_mtok": price_per_mtok(p.output_pico),
             "training_usd_per_mtok": price_per_mtok(p.training_pico),
-            "updated_at": int(aware(p.updated_at).timestamp())}
+            "updated_at": unix(p.updated_at)}
 
 
 def base_model(model: str) -> str:

@@ -1,16 +1,15 @@
-"""Validation of fine-tuning files in OpenAI's chat format, line by line, streaming.
+"""Validation of fine-tuning files in OpenAI's chat format (core.chat_jsonl), line by line, streaming.
 
-Each line: {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} with at
-least one assistant message with content; an assistant message may carry "weight": 0 or 1 (0 = not
-trained on). Errors name the line number and the problem, as OpenAI's validator does."""
+Every line needs at least one assistant message with content. Errors name the line number and the
+problem, as OpenAI's validator does."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-ROLES = ("system", "developer", "user", "assistant")
+from llmaas.core.chat_jsonl import check_example, content_text, parse_line
+
 MAX_ERRORS = 20
 
 
@@ -33,42 +32,6 @@ class ValidationReport:
             return "The file contains no examples."
         more = " (and more)" if self.truncated else ""
         return f"{len(self.errors)} problem(s){more}: " + "; ".join(self.errors)
-
-
-def _text(content: object) -> str | None:
-    """Message content as text: a string, or a list of {"type": "text", "text": ...} parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    return None
-
-
-def check_example(obj: object) -> str | None:
-    """The problem with one parsed line, or None."""
-    if not isinstance(obj, dict):
-        return "expected a JSON object"
-    msgs = obj.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return "missing 'messages' (a non-empty list)"
-    has_assistant = False
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            return f"messages[{i}] is not an object"
-        role = m.get("role")
-        if role not in ROLES:
-            return f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}"
-        text = _text(m.get("content"))
-        if text is None:
-            return f"messages[{i}].content must be a string (or a list of text parts)"
-        if "weight" in m and (role != "assistant" or m["weight"] not in (0, 1)):
-            return f"messages[{i}].weight must be 0 or 1, on assistant messages only"
-        if role == "assistant" and text.strip():
-            has_assistant = True
-    if not has_assistant:
-        return "no assistant message with content: nothing to learn from"
-    return None
 
 
 class ChatFileValidator:
@@ -97,11 +60,9 @@ class ChatFileValidator:
             return
         r = self.report
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            problem = f"invalid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8'})"
-        except RecursionError:  # json's decoder recurses once per nesting level
-            problem = "invalid JSON (nested too deeply)"
+            obj = parse_line(raw)
+        except ValueError as e:
+            problem = f"invalid JSON ({e})"
         else:
             problem = check_example(obj)
         if problem:
@@ -112,7 +73,7 @@ class ChatFileValidator:
             return
         r.examples += 1
         r.messages += len(obj["messages"])
-        r.chars += sum(len(_text(m["content"]) or "") for m in obj["messages"])
+        r.chars += sum(len(content_text(m["content"]) or "") for m in obj["messages"])
 
 
 def validate_chat_lines(chunks: Iterable[bytes]) -> ValidationReport:
@@ -120,24 +81,3 @@ def validate_chat_lines(chunks: Iterable[bytes]) -> ValidationReport:
     for c in chunks:
         v.feed(c)
     return v.close()
-
-
-def read_examples(chunks: Iterable[bytes]) -> Iterator[dict]:
-    """The examples of a validated chat file, content lists flattened to strings."""
-    buf = b""
-    for c in chunks:
-        buf += c
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            if raw.strip():
-                yield _normalise(json.loads(raw))
-    if buf.strip():
-        yield _normalise(json.loads(buf))
-
-
-def _normalise(obj: dict) -> dict:
-    msgs = []
-    for m in obj["messages"]:
-        m = {**m, "role": "system" if m["role"] == "developer" else m["role"], "content": _text(m["content"])}
-        msgs.append(m)
-    return {**obj, "messages": msgs}

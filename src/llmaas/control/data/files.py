@@ -15,15 +15,15 @@ from sqlalchemy.orm import Session
 
 from llmaas.control.auth import audit
 from llmaas.control.auth.principal import SPENDERS, Context
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.data.crypto import EncryptedWriter, MasterKey
 from llmaas.control.data.datasets import ChatFileValidator, ValidationReport
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import StoredFile
+from llmaas.control.paging import cursor_row, keyset_page
 from llmaas.core.errors import InvalidRequestError, LlmaasError, NotFoundError
 
 PURPOSES = ("fine-tune", "batch", "evals")
-OUTPUT_PURPOSES = ("fine-tune-results",)  # written by the platform, readable, not uploadable
 
 
 class FileTooLargeError(LlmaasError):
@@ -33,7 +33,7 @@ class FileTooLargeError(LlmaasError):
 
 
 def file_dict(f: StoredFile) -> dict:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(aware(f.created_at).timestamp()),
+    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": unix(f.created_at),
             "filename": f.filename, "purpose": f.purpose, "status": f.status, "status_details": f.status_details,
             "expires_at": None}
 
@@ -124,19 +124,9 @@ class FileService:
         if purpose:
             stmt = stmt.where(StoredFile.purpose == purpose)
         key = (StoredFile.created_at, StoredFile.id)
-        if after:
-            cursor = s.get(StoredFile, after)
-            if cursor is None or cursor.tenant_id != ctx.principal.tenant_id:
-                raise InvalidRequestError(f"'after' is not a file id of yours: {after}", param="after")
-            if order == "desc":
-                stmt = stmt.where((StoredFile.created_at < cursor.created_at) | (
-                    (StoredFile.created_at == cursor.created_at) & (StoredFile.id < cursor.id)))
-            else:
-                stmt = stmt.where((StoredFile.created_at > cursor.created_at) | (
-                    (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id)))
-        stmt = stmt.order_by(*(k.desc() for k in key) if order == "desc" else key).limit(limit + 1)
-        rows = list(s.scalars(stmt))
-        return rows[:limit], len(rows) > limit
+        cursor = cursor_row(s, StoredFile, after, key, visible=lambda f: f.tenant_id == ctx.principal.tenant_id,
+                            error=f"'after' is not a file id of yours: {after}")
+        return keyset_page(s, stmt, key, after=cursor, limit=limit, order=order)
 
     def content(self, ctx: Context, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
         with self.db.session() as s:

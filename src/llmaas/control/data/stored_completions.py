@@ -8,23 +8,19 @@ import json
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth import audit
 from llmaas.control.auth.principal import SPENDERS, Context, Principal
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import from_unix, unix, utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import CompletionFeedback, StoredCompletion, Tenant
+from llmaas.control.paging import cursor_row, keyset_page, scan, split
+from llmaas.core.chat_jsonl import content_text
 from llmaas.core.errors import InvalidRequestError, NotFoundError
-
-_SCAN_CHUNK = 500  # rows read per query while filtering on metadata (a JSON column, filtered here)
-
-
-def _ts(dt: datetime) -> int:
-    return int(aware(dt).timestamp())
 
 
 def completion_dict(c: StoredCompletion) -> dict:
@@ -34,48 +30,25 @@ def completion_dict(c: StoredCompletion) -> dict:
 
 def feedback_dict(f: CompletionFeedback) -> dict:
     return {"id": f.id, "object": "feedback", "completion_id": f.completion_id, "rating": f.rating,
-            "correction": f.correction, "comment": f.comment, "created_at": _ts(f.created_at)}
+            "correction": f.correction, "comment": f.comment, "created_at": unix(f.created_at)}
 
 
 def _message_dict(completion_id: str, index: int, m: dict) -> dict:
     content = m.get("content")
     parts = content if isinstance(content, list) else None
-    text = "".join(p.get("text", "") for p in content) if parts is not None else content
+    text = content_text(parts, strict=False) if parts is not None else content
     return {"id": f"{completion_id}-{index}", "role": m.get("role"), "content": text, "name": m.get("name"),
             "content_parts": parts}
 
 
-def _meta_match(want: dict[str, str] | None) -> Callable[[StoredCompletion], bool]:
+def _meta_match(want: dict[str, str] | None) -> Callable[[StoredCompletion], bool] | None:
+    """The metadata filter (a JSON column, filtered here while paging: see paging.scan); None: no filter."""
     if not want:
-        return lambda c: True
+        return None
     return lambda c: all((c.metadata_ or {}).get(k) == v for k, v in want.items())
 
 
-def _scan(s: Session, stmt: Select, keep: Callable[[StoredCompletion], bool], limit: int | None,
-          order: str = "asc") -> Iterator[StoredCompletion]:
-    """Rows of `stmt` in (created_at, id) order that pass `keep`, read in chunks by keyset, so a metadata
-    filter never loads a tenant's whole history at once. Stops after `limit` matches."""
-    found, cursor = 0, None
-    key = (StoredCompletion.created_at, StoredCompletion.id)
-    while True:
-        q = stmt if cursor is None else stmt.where(_after(cursor, order))
-        rows = list(s.scalars(q.order_by(*(k.desc() for k in key) if order == "desc" else key).limit(_SCAN_CHUNK)))
-        for c in rows:
-            if keep(c):
-                yield c
-                found += 1
-                if limit is not None and found >= limit:
-                    return
-        if len(rows) < _SCAN_CHUNK:
-            return
-        cursor = rows[-1]
-
-
-def _after(cur: StoredCompletion, order: str):
-    sc = StoredCompletion
-    if order == "desc":
-        return (sc.created_at < cur.created_at) | ((sc.created_at == cur.created_at) & (sc.id < cur.id))
-    return (sc.created_at > cur.created_at) | ((sc.created_at == cur.created_at) & (sc.id > cur.id))
+_KEY = (StoredCompletion.created_at, StoredCompletion.id)
 
 
 @dataclass(frozen=True)
@@ -122,13 +95,11 @@ class StoredCompletionService:
         if model:
             stmt = stmt.where(StoredCompletion.model == model)
         with self.db.session() as s:
-            if after:
-                cur = s.get(StoredCompletion, after)
-                if cur is None or cur.tenant_id != tid:
-                    raise InvalidRequestError(f"'after' is not a stored completion of yours: {after}", param="after")
-                stmt = stmt.where(_after(cur, order))
-            rows = list(_scan(s, stmt, _meta_match(metadata), limit + 1, order))
-            return [completion_dict(c) for c in rows[:limit]], len(rows) > limit
+            cursor = cursor_row(s, StoredCompletion, after, _KEY, visible=lambda c: c.tenant_id == tid,
+                                error=f"'after' is not a stored completion of yours: {after}")
+            rows, more = keyset_page(s, stmt, _KEY, after=cursor, limit=limit, order=order,
+                                     keep=_meta_match(metadata))
+            return [completion_dict(c) for c in rows], more
 
     def update_metadata(self, ctx: Context, completion_id: str, metadata: dict[str, str] | None) -> dict:
         ctx.principal.require(*SPENDERS)
@@ -161,7 +132,7 @@ class StoredCompletionService:
             if pos is None:
                 raise InvalidRequestError(f"'after' is not a message id of this completion: {after}", param="after")
             items = items[pos + 1:]
-        return items[:limit], len(items) > limit
+        return split(items, limit)
 
     # --- feedback ---
 
@@ -186,20 +157,11 @@ class StoredCompletionService:
             if completion_id:
                 self._get(s, ctx, completion_id)
                 stmt = stmt.where(fb.completion_id == completion_id)
-            if after:
-                cur = s.get(fb, after)
-                if cur is None or cur.tenant_id != tid:
-                    raise InvalidRequestError(f"'after' is not a feedback id of yours: {after}", param="after")
-                if order == "desc":
-                    stmt = stmt.where((fb.created_at < cur.created_at)
-                                      | ((fb.created_at == cur.created_at) & (fb.id < cur.id)))
-                else:
-                    stmt = stmt.where((fb.created_at > cur.created_at)
-                                      | ((fb.created_at == cur.created_at) & (fb.id > cur.id)))
             key = (fb.created_at, fb.id)
-            stmt = stmt.order_by(*(k.desc() for k in key) if order == "desc" else key).limit(limit + 1)
-            rows = [feedback_dict(f) for f in s.scalars(stmt)]
-        return rows[:limit], len(rows) > limit
+            cursor = cursor_row(s, fb, after, key, visible=lambda f: f.tenant_id == tid,
+                                error=f"'after' is not a feedback id of yours: {after}")
+            rows, more = keyset_page(s, stmt, key, after=cursor, limit=limit, order=order)
+            return [feedback_dict(f) for f in rows], more
 
     # --- retention ---
 
@@ -224,10 +186,6 @@ class StoredCompletionService:
 
     # --- export ---
 
-    def export(self, ctx: Context, f: ExportFilter) -> bytes:
-        """The matching completions as a chat fine-tuning file (JSONL); b"" when none match."""
-        return b"".join(self.export_lines(ctx, f))
-
     def export_lines(self, ctx: Context, f: ExportFilter) -> Iterator[bytes]:
         """One JSONL line per matching completion: the request's messages, then the answer — the latest
         correction if any, else choice 0's content. The latest rating is the one `min_rating` checks."""
@@ -237,15 +195,15 @@ class StoredCompletionService:
         if f.model:
             stmt = stmt.where(sc.model == f.model)
         if f.created_after is not None:
-            stmt = stmt.where(sc.created_at >= datetime.fromtimestamp(f.created_after, UTC))
+            stmt = stmt.where(sc.created_at >= from_unix(f.created_after))
         if f.created_before is not None:
-            stmt = stmt.where(sc.created_at < datetime.fromtimestamp(f.created_before, UTC))
+            stmt = stmt.where(sc.created_at < from_unix(f.created_before))
         return self._export(stmt, f)
 
     def _export(self, stmt: Select, f: ExportFilter) -> Iterator[bytes]:
         fb = CompletionFeedback
         with self.db.session() as s:
-            for c in _scan(s, stmt, _meta_match(f.metadata), None):
+            for c in scan(s, stmt, _KEY, keep=_meta_match(f.metadata)):
                 # Feedback on one completion is a handful of rows: read newest first, per completion.
                 rows = list(s.execute(select(fb.rating, fb.correction).where(
                     fb.tenant_id == c.tenant_id, fb.completion_id == c.id).order_by(fb.created_at.desc(),

@@ -1,10 +1,10 @@
 """JSON (de)serialization for the SQLAlchemy engines: never write, and never hand back, a lone surrogate.
 
-Before the API refused them at the edge, strings with lone UTF-16 surrogates (`"\\ud800"` in a request) were
-stored as JSON escapes; once read back into Python they cannot be encoded as UTF-8, so every response that
-contained one was a 500 (a tenant's whole list route, for good). Both directions replace a lone surrogate with
-U+FFFD, so rows written before the fix still read, and nothing new like them is written. Migration 0005
-repairs the stored text itself.
+A string with a lone UTF-16 surrogate (`"\\ud800"` in a request) is stored as a JSON escape; read back into
+Python it cannot be encoded as UTF-8, so every response that contains it is a 500 (a tenant's whole list
+route, for good). The API refuses such strings at the edge (api/input_guard.py), and both directions here
+replace a lone surrogate with U+FFFD, so that rows stored before the edge check still read and nothing like
+them is written. Migration 0005 repairs the stored text itself.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class StoredFile(Base):
 
 
 class Job(Base):
-    """A unit of background work (fine-tune; later evals, batches) in the durable queue. Workers claim
+    """A unit of background work (a fine-tune or an eval) in the durable queue. Workers claim
     jobs with a lease they renew by heartbeat; a job whose lease lapsed is claimed again and resumes."""
 
     __tablename__ = "jobs"

@@ -5,30 +5,26 @@ An eval is a Job of kind "eval": `spec` holds what was asked (models, file, task
 
 from __future__ import annotations
 
-import secrets
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import SPENDERS, Context
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.models import EvalItem, Job, JobCheckpoint, StoredFile, TenantModel
-from llmaas.control.jobs.queue import newest_first, request_cancel
+from llmaas.control.jobs.queue import new_job, newest_first
+from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "eval"
 EVAL_FILE_PURPOSES = ("evals", "fine-tune")
 
 
-def _ts(dt) -> int | None:
-    return int(aware(dt).timestamp()) if dt else None
-
 
 def eval_dict(j: Job) -> dict:
     spec, state, result = j.spec, j.state or {}, j.result or {}
     return {
-        "object": "eval", "id": j.id, "name": spec.get("name"), "created_at": _ts(j.created_at),
-        "started_at": _ts(j.started_at), "finished_at": _ts(j.finished_at), "status": j.status,
+        "object": "eval", "id": j.id, "name": spec.get("name"), "created_at": unix(j.created_at),
+        "started_at": unix(j.started_at), "finished_at": unix(j.finished_at), "status": j.status,
         "model": spec["models"], "file_id": spec["file_id"], "task": spec["task"], "max_rows": spec.get("max_rows"),
         "metadata": spec.get("metadata"), "fine_tuning_job_id": spec.get("fine_tuning_job_id"),
         "progress": {"rows_total": state.get("rows_total"), "rows_done": state.get("rows_done", 0),
@@ -71,13 +67,9 @@ def create(s: Session, ctx: Context, *, models: list[str], base_models: list[str
     for m in models:
         check_model(s, ctx, m, base_models)
     check_file(s, ctx, file_id)
-    job = Job(id="eval-" + secrets.token_hex(12), tenant_id=p.tenant_id, key_id=p.key_id, kind=KIND,
-              status="queued", created_at=utcnow(), attempts=0, cancel_requested=False,
-              spec={"name": name, "models": models, "file_id": file_id, "task": task, "max_rows": max_rows,
-                    "metadata": metadata, "fine_tuning_job_id": fine_tuning_job_id},
-              state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="eval", kind=KIND, tenant_id=p.tenant_id, key_id=p.key_id, status="queued",
+                   spec={"name": name, "models": models, "file_id": file_id, "task": task, "max_rows": max_rows,
+                         "metadata": metadata, "fine_tuning_job_id": fine_tuning_job_id})
 
 
 def get(s: Session, ctx: Context, eval_id: str) -> Job:
@@ -91,12 +83,6 @@ def list_evals(s: Session, ctx: Context, *, after: str | None, limit: int) -> tu
     return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit)
 
 
-def cancel(s: Session, ctx: Context, eval_id: str) -> Job:
-    j = get(s, ctx, eval_id)
-    ctx.principal.require(*SPENDERS)
-    return request_cancel(s, j, f"Eval {eval_id}", "eval_id")
-
-
 def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: int | None,
           limit: int) -> tuple[list[EvalItem], bool]:
     j = get(s, ctx, eval_id)
@@ -105,10 +91,7 @@ def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: i
         raise InvalidRequestError(f"Eval {eval_id} did not evaluate '{model}'; it evaluated {', '.join(models)}.",
                                   param="model")
     stmt = select(EvalItem).where(EvalItem.job_id == j.id, EvalItem.model == (model or models[0]))
-    if after is not None:
-        stmt = stmt.where(EvalItem.idx > after)
-    rows = list(s.scalars(stmt.order_by(EvalItem.idx).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(s, stmt, (EvalItem.idx,), after=None if after is None else (after,), limit=limit)
 
 
 def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
@@ -130,10 +113,7 @@ def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
 # -- written by the eval worker --------------------------------------------------------------------
 def enqueue(s: Session, *, tenant_id: str, key_id: str | None, spec: dict) -> Job:
     """An eval created by the platform (a fine-tune's on-completion eval), already checked."""
-    job = Job(id="eval-" + secrets.token_hex(12), tenant_id=tenant_id, key_id=key_id, kind=KIND, status="queued",
-              created_at=utcnow(), attempts=0, cancel_requested=False, spec=spec, state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="eval", kind=KIND, tenant_id=tenant_id, key_id=key_id, status="queued", spec=spec)
 
 
 def done_items(s: Session, job_id: str, model: str) -> dict[int, dict]:
@@ -151,7 +131,7 @@ def attach_to_lineage(s: Session, job: Job, model: str, summary: dict) -> None:
     if tm is None or tm.tenant_id != job.tenant_id:
         return
     entry = {"eval_id": job.id, "name": job.spec.get("name"), "task": job.spec["task"]["type"],
-             "file_id": job.spec["file_id"], "created_at": int(utcnow().timestamp()), "metrics": summary}
+             "file_id": job.spec["file_id"], "created_at": unix(utcnow()), "metrics": summary}
     lineage = dict(tm.lineage or {})
     lineage["evals"] = [e for e in lineage.get("evals", []) if e.get("eval_id") != job.id] + [entry]
     tm.lineage = lineage

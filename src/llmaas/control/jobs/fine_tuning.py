@@ -11,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth.principal import SPENDERS, Context
-from llmaas.control.clock import aware, utcnow
+from llmaas.control.clock import unix
 from llmaas.control.cursors import int_cursor
 from llmaas.control.db.models import Job, JobCheckpoint, JobEvent, StoredFile, TenantModel
 from llmaas.control.jobs.evals import check_file
-from llmaas.control.jobs.queue import newest_first, request_cancel
+from llmaas.control.jobs.queue import new_job, newest_first
+from llmaas.control.paging import cursor_row, keyset_page
 from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 KIND = "fine_tune"
@@ -24,16 +25,13 @@ DEFAULT_LORA = {"rank": 16, "alpha": 32, "dropout": 0.0,
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
-def _ts(dt) -> int | None:
-    return int(aware(dt).timestamp()) if dt else None
-
 
 def job_dict(j: Job) -> dict:
     spec, state, result = j.spec, j.state or {}, j.result or {}
     hp = state.get("hyperparameters") or spec["hyperparameters"]
     return {
-        "object": "fine_tuning.job", "id": j.id, "model": spec["model"], "created_at": _ts(j.created_at),
-        "finished_at": _ts(j.finished_at), "fine_tuned_model": result.get("fine_tuned_model"),
+        "object": "fine_tuning.job", "id": j.id, "model": spec["model"], "created_at": unix(j.created_at),
+        "finished_at": unix(j.finished_at), "fine_tuned_model": result.get("fine_tuned_model"),
         "organization_id": j.tenant_id, "result_files": result.get("result_files", []), "status": j.status,
         "validation_file": spec.get("validation_file"), "training_file": spec["training_file"],
         "hyperparameters": hp, "trained_tokens": state.get("trained_tokens") if j.status == "succeeded" else None,
@@ -47,12 +45,12 @@ def job_dict(j: Job) -> dict:
 
 
 def event_dict(e: JobEvent) -> dict:
-    return {"object": "fine_tuning.job.event", "id": f"ftevent-{e.id}", "created_at": _ts(e.created_at),
+    return {"object": "fine_tuning.job.event", "id": f"ftevent-{e.id}", "created_at": unix(e.created_at),
             "level": e.level, "message": e.message, "type": e.type, "data": e.data}
 
 
 def checkpoint_dict(c: JobCheckpoint) -> dict:
-    return {"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": _ts(c.created_at),
+    return {"object": "fine_tuning.job.checkpoint", "id": c.id, "created_at": unix(c.created_at),
             "fine_tuned_model_checkpoint": c.model_id, "fine_tuning_job_id": c.job_id, "step_number": c.step,
             "metrics": c.metrics}
 
@@ -98,14 +96,10 @@ def create(s: Session, ctx: Context, *, model: str, base_models: list[str], trai
             and 0 <= float(lora_cfg["dropout"]) < 1):
         raise InvalidRequestError("LoRA 'rank' must be 1..256, 'alpha' in (0, 1024], 'dropout' in [0, 1).",
                                   param="lora")
-    job = Job(id="ftjob-" + secrets.token_hex(12), tenant_id=p.tenant_id, key_id=p.key_id, kind=KIND,
-              status="validating_files", created_at=utcnow(), attempts=0, cancel_requested=False,
-              spec={"model": model, "training_file": training_file, "validation_file": validation_file,
-                    "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
-                    "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg, "eval": eval_spec},
-              state={})
-    s.add(job)
-    return job
+    return new_job(s, prefix="ftjob", kind=KIND, tenant_id=p.tenant_id, key_id=p.key_id, status="validating_files",
+                   spec={"model": model, "training_file": training_file, "validation_file": validation_file,
+                         "suffix": suffix, "seed": seed if seed is not None else secrets.randbelow(2**31),
+                         "metadata": metadata, "hyperparameters": hp, "lora": lora_cfg, "eval": eval_spec})
 
 
 def get(s: Session, ctx: Context, job_id: str) -> Job:
@@ -123,12 +117,6 @@ def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
                         keep=keep)
 
 
-def cancel(s: Session, ctx: Context, job_id: str) -> Job:
-    j = get(s, ctx, job_id)
-    ctx.principal.require(*SPENDERS)
-    return request_cancel(s, j, f"Job {job_id}", "fine_tuning_job_id")
-
-
 def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     get(s, ctx, job_id)
     return job_events(s, job_id, after=after, limit=limit)
@@ -137,23 +125,18 @@ def events(s: Session, ctx: Context, job_id: str, *, after: str | None, limit: i
 def job_events(s: Session, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
     """Events of a job the caller already checked access to, newest first."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
-    if after:
-        stmt = stmt.where(JobEvent.id < int_cursor(after, prefix="ftevent-"))
-    rows = list(s.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    cursor = (int_cursor(after, prefix="ftevent-"),) if after else None
+    return keyset_page(s, stmt, (JobEvent.id,), after=cursor, limit=limit, order="desc")
 
 
 def checkpoints(s: Session, ctx: Context, job_id: str, *, after: str | None,
                 limit: int) -> tuple[list[JobCheckpoint], bool]:
     get(s, ctx, job_id)
     stmt = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-    if after:
-        cur = s.get(JobCheckpoint, after)
-        if cur is None or cur.job_id != job_id:
-            raise InvalidRequestError("'after' must be a checkpoint id of this job.", param="after")
-        stmt = stmt.where(JobCheckpoint.step < cur.step)
-    rows = list(s.scalars(stmt.order_by(JobCheckpoint.step.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    key = (JobCheckpoint.step,)
+    cursor = cursor_row(s, JobCheckpoint, after, key, visible=lambda c: c.job_id == job_id,
+                        error="'after' must be a checkpoint id of this job.")
+    return keyset_page(s, stmt, key, after=cursor, limit=limit, order="desc")
 
 
 def tenant_models(s: Session, tenant_id: str) -> list[TenantModel]:

@@ -1,4 +1,4 @@
-"""The durable job queue, shared by every kind of background work (fine-tunes now; evals, batches later).
+"""The durable job queue, shared by every kind of background work (fine-tunes and evals).
 
 A worker *claims* a job by taking its lease (a conditional UPDATE: exactly one worker wins, on SQLite and
 PostgreSQL alike) and keeps it by heartbeat. If the worker dies (kill -9), the lease lapses and the next
@@ -7,6 +7,7 @@ heartbeat reports back, so a running job stops within one step."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -14,12 +15,13 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import Job, JobEvent
+from llmaas.control.paging import keyset_page
 from llmaas.core.errors import InvalidRequestError
 
-PENDING = ("validating_files", "queued")
 ACTIVE = ("validating_files", "queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -33,24 +35,18 @@ def _claimable(now):
 def newest_first(s: Session, tenant_id: str, kind: str, *, after: Job | None, limit: int,
                  keep: Callable[[Job], bool] | None = None) -> tuple[list[Job], bool]:
     """A page of a tenant's jobs of one kind, newest first, after the job `after`; `keep` filters (in Python,
-    so then the whole list is read). Returns (jobs, more)."""
+    read in chunks). Returns (jobs, more)."""
     stmt = select(Job).where(Job.kind == kind, Job.tenant_id == tenant_id)
-    if after is not None:
-        stmt = stmt.where((Job.created_at < after.created_at)
-                          | ((Job.created_at == after.created_at) & (Job.id < after.id)))
-    rows = list(s.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc())
-                          .limit(limit + 1 if keep is None else 10_000)))
-    if keep is not None:
-        rows = [j for j in rows if keep(j)]
-    return rows[:limit], len(rows) > limit
+    return keyset_page(s, stmt, (Job.created_at, Job.id), after=None if after is None else (after.created_at, after.id),
+                       limit=limit, order="desc", keep=keep)
 
 
-def request_cancel(s: Session, job: Job, what: str, param: str) -> Job:
-    """Flag an active job for cancellation (a worker holding it stops within a step). 400 if it has ended."""
-    if job.status not in ACTIVE:
-        raise InvalidRequestError(f"{what} is {job.status} and cannot be cancelled.", param=param)
-    job.cancel_requested = True
-    s.flush()
+def new_job(s: Session, *, prefix: str, kind: str, tenant_id: str, key_id: str | None, status: str,
+            spec: dict) -> Job:
+    """Queue a job of `kind` (its id `<prefix>-<random>`), not yet claimed by any worker."""
+    job = Job(id=f"{prefix}-{secrets.token_hex(12)}", tenant_id=tenant_id, key_id=key_id, kind=kind, status=status,
+              created_at=utcnow(), attempts=0, cancel_requested=False, spec=spec, state={})
+    s.add(job)
     return job
 
 
@@ -103,6 +99,22 @@ class JobQueue:
         with self.db.session() as s:
             res = s.execute(update(Job).where(Job.id == job_id, Job.lease_owner == worker).values(**values))
         return res.rowcount == 1
+
+    def cancel(self, ctx: Context, job_id: str, find: Callable[[Session, Context, str], Job],
+               show: Callable[[Job], dict], *, what: str, param: str) -> dict:
+        """Cancel the job `find` gives the caller (its 404 first), for a spender; 400 if the job has ended. A
+        job no worker holds is cancelled at once; a worker holding one stops within a step (its heartbeat
+        reports the flag). Returns the job as `show` renders it, after."""
+        with self.db.session() as s:
+            job = find(s, ctx, job_id)
+            ctx.principal.require(*SPENDERS)
+            if job.status not in ACTIVE:
+                raise InvalidRequestError(f"{what} is {job.status} and cannot be cancelled.", param=param)
+            job.cancel_requested = True
+        self.close_cancelled_pending()
+        self.event(job_id, "Cancellation requested")
+        with self.db.session() as s:
+            return show(find(s, ctx, job_id))
 
     def event(self, job_id: str, message: str, *, level: str = "info", type_: str = "message",
               data: dict | None = None) -> None:

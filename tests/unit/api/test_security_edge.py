@@ -10,8 +10,7 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.conftest import ADMIN_KEY, Admin, bearer, chat, make_client
-from tests.unit.test_files import TRAIN
+from tests.unit.conftest import ADMIN_KEY, TRAIN, Admin, bearer, chat, make_client
 
 # --- X-Forwarded-For and the bad-key limiter ---
 

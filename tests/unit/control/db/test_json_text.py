@@ -12,8 +12,7 @@ from alembic import command
 from alembic.config import Config
 
 from llmaas.control.db.database import MIGRATIONS, Database
-from tests.unit.conftest import Admin, bearer, make_client
-from tests.unit.test_files import TRAIN
+from tests.unit.conftest import TRAIN, Admin, bearer, make_client
 
 DAMAGED = '{"k": "a\\ud800b"}'  # JSON text as the old code stored it
 

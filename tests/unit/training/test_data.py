@@ -89,36 +89,30 @@ def _examples(encoder, n: int = 6):
                             {"role": "assistant", "content": f"answer {i} " + "y " * (2 * i)}]) for i in range(n)]
 
 
-@pytest.mark.parametrize("mode", ["flatten", "pad"])
-def test_batches_predict_each_examples_own_targets(encoder, mode):
+def test_batches_predict_each_examples_own_targets(encoder):
     exs = _examples(encoder)
-    b = collate(exs, mode, pad_id=IM_END)
+    b = collate(exs)
     flat_ids = b.input_ids.reshape(-1)
     expected = np.concatenate([e.input_ids[np.flatnonzero(e.loss_mask[1:]) + 1] for e in exs])
     assert b.targets.tolist() == expected.tolist()
     # Each prediction position is followed by its target in the same example: never across a boundary.
     assert (flat_ids[b.pred_index + 1] == b.targets).all()
-    if mode == "flatten":
-        lens = [len(e) for e in exs]
-        assert b.input_ids.shape == (1, sum(lens)) and b.seq_lens == lens and b.n_tokens == sum(lens)
-        pos = b.position_ids[0].tolist()
-        starts = np.cumsum([0, *lens[:-1]])
-        assert [pos[s] for s in starts] == [0] * len(exs)
-        assert pos == [p for n in lens for p in range(n)]
-        ends = set((starts + np.asarray(lens) - 1).tolist())
-        assert not ends & set(b.pred_index.tolist())  # an example's last token predicts nothing
-    else:
-        assert b.input_ids.shape == (len(exs), max(len(e) for e in exs)) and b.seq_lens is None
+    lens = [len(e) for e in exs]
+    assert b.input_ids.shape == (1, sum(lens)) and b.seq_lens == lens and b.n_tokens == sum(lens)
+    pos = b.position_ids[0].tolist()
+    starts = np.cumsum([0, *lens[:-1]])
+    assert [pos[s] for s in starts] == [0] * len(exs)
+    assert pos == [p for n in lens for p in range(n)]
+    ends = set((starts + np.asarray(lens) - 1).tolist())
+    assert not ends & set(b.pred_index.tolist())  # an example's last token predicts nothing
 
 
 def test_epoch_order_is_deterministic_and_complete():
-    lengths = list(range(5, 105))
-    for mode in ("flatten", "pad"):
-        a = epoch_batches(lengths, 8, seed=3, epoch=1, mode=mode)
-        assert a == epoch_batches(lengths, 8, seed=3, epoch=1, mode=mode)
-        assert a != epoch_batches(lengths, 8, seed=3, epoch=2, mode=mode)
-        assert a != epoch_batches(lengths, 8, seed=4, epoch=1, mode=mode)
-        assert sorted(i for b in a for i in b) == list(range(100))
+    a = epoch_batches(100, 8, seed=3, epoch=1)
+    assert a == epoch_batches(100, 8, seed=3, epoch=1)
+    assert a != epoch_batches(100, 8, seed=3, epoch=2)
+    assert a != epoch_batches(100, 8, seed=4, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(100))
 
 
 def test_varlen_attention_equals_separate_examples():

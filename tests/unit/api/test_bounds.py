@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.conftest import Admin, bearer, make_client
-from tests.unit.test_files import TRAIN
+from tests.unit.conftest import TRAIN, Admin, bearer, make_client
 
 BIG = "1" + "0" * 29  # 30 digits
 

@@ -7,8 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.unit.conftest import Admin, make_client
-from tests.unit.test_files import TRAIN
+from tests.unit.conftest import TRAIN, Admin, make_client
 
 
 @pytest.fixture
