@@ -71,9 +71,10 @@ class NumpySampler:
         if 0 < p.top_k < len(x):
             ids = np.argpartition(x, -p.top_k)[-p.top_k:]
             x = x[ids]
-        z = (x - x.max()) / np.float32(p.temperature)
-        probs = np.exp(z, dtype=np.float64)  # float64: float32 exp hits slow subnormals far below the max
-        total = probs.sum()
+        with np.errstate(invalid="ignore", over="ignore"):  # inf logits are handled just below
+            z = (x - x.max()) / np.float32(p.temperature)
+            probs = np.exp(z, dtype=np.float64)  # float64: float32 exp hits slow subnormals far below the max
+            total = probs.sum()
         if not np.isfinite(total) or total <= 0:  # logits pushed to inf / NaN (extreme penalties): be greedy
             best = int(np.nanargmax(np.where(np.isnan(x), -np.inf, x)))
             return int(ids[best]) if ids is not None else best
