@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 . .venv/bin/activate
-echo "== ruff"; ruff check src tests bench
+echo "== ruff"; ruff check src tests bench examples scripts
 echo "== import contract"; lint-imports
 echo "== pytest"; python -m pytest tests -q "$@"
