@@ -83,13 +83,6 @@ class Admission:
                  metrics: ControlMetrics) -> None:
         self.limiter, self.budgets, self.meter, self.catalog, self.metrics = limiter, budgets, meter, catalog, metrics
 
-    async def admit(self, p: Principal, model: str, endpoint: str, prompt_tokens: int, max_tokens: int,
-                    request_id: str) -> Ticket:
-        """Both phases at once, for callers that know the token count up front."""
-        ticket = await self.open(p, model, endpoint, request_id)
-        await ticket.reserve(prompt_tokens, max_tokens)
-        return ticket
-
     async def open(self, p: Principal, model: str, endpoint: str, request_id: str) -> Ticket:
         """Phase one: role, model access, requests per minute and parallel requests."""
         p.require(*SPENDERS)

@@ -19,7 +19,7 @@ from llmaas.engine.types import SamplingParams, TokenLogprob
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.serving.completion_store import store_completion
 from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, max_tokens_for
-from llmaas.serving.sequences import Metered, fan_out, new_id, now
+from llmaas.serving.sequences import Metered, fan_out, new_id, now, run_admitted
 
 
 def _lp_entry(lp: TokenLogprob) -> dict:
@@ -95,19 +95,11 @@ class ServingChat:
             await ticket.abandon()
             raise
         run = _Run(self.models, engine, adapter, body, principal, ticket, prompt, params)
-        if body.stream:
-            try:
-                engine.check_capacity(body.n)  # 503 now, before the 200 status line goes out
-            except Exception:
-                await ticket.settle("rejected")
-                raise
-            return Served(ticket.headers, stream=run.stream())
-        async with Metered(ticket, len(prompt)) as meter:
-            fold = run.fold(meter)
-            result = await (watch(fold) if watch is not None else fold)
-        if run.keep_in is not None:
-            await store_completion(run.keep_in, principal, body, result)
-        return Served(ticket.headers, body=result)
+        served = await run_admitted(ticket, engine, n_sequences=body.n, prompt_tokens=len(prompt),
+                                    stream=body.stream, chunks=run.stream, fold=run.fold, watch=watch)
+        if served.body is not None and run.keep_in is not None:  # a stream stores its own at its end
+            await store_completion(run.keep_in, principal, body, served.body)
+        return served
 
 
 class _Run:

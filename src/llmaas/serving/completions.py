@@ -14,8 +14,8 @@ from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import GenerationOutput, SamplingParams
 from llmaas.protocol.openai import CompletionRequest
-from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, max_tokens_for
-from llmaas.serving.sequences import Metered, fan_out, new_id, now
+from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, in_vocab, max_tokens_for
+from llmaas.serving.sequences import Metered, fan_out, new_id, now, run_admitted
 
 
 def _logprobs(out: GenerationOutput) -> dict:
@@ -86,16 +86,8 @@ class ServingCompletion:
             await ticket.abandon()
             raise
         run = _Run(engine, adapter, body, ticket, prompts, params)
-        if body.stream:
-            try:
-                engine.check_capacity(run.n_choices)  # 503 now, before the 200 status line goes out
-            except Exception:
-                await ticket.settle("rejected")
-                raise
-            return Served(ticket.headers, stream=run.stream())
-        async with Metered(ticket, run.prompt_tokens) as meter:
-            fold = run.fold(meter)
-            return Served(ticket.headers, body=await (watch(fold) if watch is not None else fold))
+        return await run_admitted(ticket, engine, n_sequences=run.n_choices, prompt_tokens=run.prompt_tokens,
+                                  stream=body.stream, chunks=run.stream, fold=run.fold, watch=watch)
 
 
 async def _prompt_tokens(engine: EngineClient, body: CompletionRequest) -> list[list[int]]:
@@ -107,7 +99,7 @@ async def _prompt_tokens(engine: EngineClient, body: CompletionRequest) -> list[
         if isinstance(p, str):
             prompts.append(next(encoded))
         else:
-            if any(engine.token_id(str(t)) is None for t in p):
+            if not in_vocab(engine, p):
                 raise InvalidRequestError("prompt contains a token id outside the vocabulary", param="prompt")
             prompts.append(list(p))
     if any(not t for t in prompts):

@@ -10,7 +10,7 @@ from llmaas.control.auth.principal import Principal
 from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.client import EngineClient
 from llmaas.protocol.openai import EmbeddingRequest
-from llmaas.serving.models import Served, ServedModels
+from llmaas.serving.models import Served, ServedModels, in_vocab
 from llmaas.serving.sequences import Metered
 
 
@@ -61,7 +61,7 @@ async def _input_tokens(engine: EngineClient, items: list) -> list[list[int]]:
     for x in items:
         if isinstance(x, str):
             tokens.append(next(encoded))
-        elif any(engine.token_id(str(t)) is None for t in x):
+        elif not in_vocab(engine, x):
             raise InvalidRequestError("input contains a token id outside the vocabulary", param="input")
         else:
             tokens.append(list(x))

@@ -97,3 +97,9 @@ def max_tokens_for(engine: EngineClient, prompt_len: int, requested: int | None,
             param=param if requested is not None and prompt_len < ctx else "messages",
         )
     return wanted
+
+
+def in_vocab(engine: EngineClient, token_ids: list[int]) -> bool:
+    """Whether every id is a token of the engine's model (ids given directly: prompts, embedding inputs)."""
+    n = engine.info.n_vocab
+    return all(0 <= t < n for t in token_ids)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from llmaas.core.errors import EngineError
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
-from llmaas.serving.models import AnyTicket
+from llmaas.serving.models import AnyTicket, Served, Watch
 
 
 def new_id(prefix: str) -> str:
@@ -119,3 +119,21 @@ class Metered:
         except asyncio.CancelledError:
             await asyncio.wait({task})
             raise
+
+
+async def run_admitted(ticket: AnyTicket, engine: EngineClient, *, n_sequences: int, prompt_tokens: int,
+                       stream: bool, chunks: Callable[[], AsyncGenerator[dict, None]],
+                       fold: Callable[[Metered], Awaitable[dict]], watch: Watch | None) -> Served:
+    """The last step every generating endpoint shares, for a request admitted with `ticket`: a stream
+    (capacity checked first, so that a 503 comes before the 200 status line) or the folded answer, metered
+    whatever happens to it. `watch` runs the fold (e.g. cancelling it when the client goes away)."""
+    if stream:
+        try:
+            engine.check_capacity(n_sequences)
+        except Exception:
+            await ticket.settle("rejected")
+            raise
+        return Served(ticket.headers, stream=chunks())
+    async with Metered(ticket, prompt_tokens) as meter:
+        work = fold(meter)
+        return Served(ticket.headers, body=await (watch(work) if watch is not None else work))
