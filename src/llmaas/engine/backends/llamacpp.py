@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
-from llmaas.core.model_files import gguf_path
+from llmaas.core.model_files import ModelPackageMissingError, gguf_path, model_id_for
 from llmaas.engine.model_runner import log_softmax
 from llmaas.engine.sampling import GREEDY_BELOW, NumpySampler
 from llmaas.engine.scoring import (
@@ -48,12 +48,14 @@ _LOG_CALLBACK = None  # keep the ctypes callback alive for the process lifetime
 
 
 def resolve_model(spec: str) -> tuple[str, Path]:
-    """'smollm2' or a .gguf path → (model id, path)."""
-    path = gguf_path(spec)
+    """A bundled model's name ('smollm2', 'gemma3-270m') or a .gguf path → (model id, path)."""
+    try:
+        path = gguf_path(spec)
+    except ModelPackageMissingError as e:
+        raise EngineError(str(e)) from e
     if not path.is_file():
         raise EngineError(f"model file not found: {path}")
-    model_id = path.name.removesuffix(".gguf").split(".")[0]
-    return model_id, path
+    return model_id_for(spec), path
 
 
 def _quiet_llama_logs() -> None:
