@@ -18,6 +18,7 @@ from llmaas.api.metrics_auth import MetricsAuthMiddleware
 from llmaas.api.middleware import RequestIdMiddleware
 from llmaas.api.routers import (
     admin,
+    admin_models,
     chat,
     completions,
     embeddings,
@@ -33,6 +34,7 @@ from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
 from llmaas.engine.client import EngineClient
+from llmaas.serving.catalog import ModelLoader
 from llmaas.serving.models import ServedModels
 
 log = logging.getLogger("llmaas")
@@ -57,11 +59,15 @@ def create_app(
             app.state.control = await ControlPlane.open(settings, control_metrics, list(app.state.engines))
         else:
             log.warning("auth is disabled (LLMAAS_AUTH=false): no API keys, limits or metering")
-        app.state.served = ServedModels(app.state.engines, app.state.control)
+        cp = app.state.control
+        loader = ModelLoader(settings, app.state.engines, engine_metrics, cp.models if cp else None)
+        app.state.served = ServedModels(app.state.engines, cp, loader)
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
                      e.info.context_size, e.info.n_slots)
+        if cp is not None:
+            await loader.start_catalog(settings.models if engines is None else [])
         # Everything loaded so far lives as long as the process: move it out of the collector's sight.
         # Full collections over it paused the event loop for 70-140 ms (every request waited, /health too).
         gc.collect()
@@ -69,8 +75,7 @@ def create_app(
         try:
             yield
         finally:
-            for e in app.state.engines.values():
-                await e.shutdown()
+            await loader.close()
             if app.state.control is not None:
                 await app.state.control.close()  # flushes metering: no usage record is lost on a clean stop
 
@@ -91,6 +96,7 @@ def create_app(
     if settings.trusted_proxy_list():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
-              files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router):
+              files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router,
+              admin_models.router):
         app.include_router(r)
     return app

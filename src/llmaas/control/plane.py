@@ -18,6 +18,7 @@ from llmaas.control.data.stored_completions import StoredCompletionService
 from llmaas.control.db.database import Database
 from llmaas.control.jobs.queue import JobQueue
 from llmaas.control.limits.ratelimit import Limiter, MemoryLimiter
+from llmaas.control.model_catalog import ModelCatalog
 from llmaas.control.registry import ModelRegistry
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics
@@ -42,6 +43,7 @@ class ControlPlane:
                                  settings.artifact_dir / "files", settings.max_file_bytes)
         self.jobs = JobQueue(self.db, settings.job_lease_s)
         self.registry = ModelRegistry(self.db, settings.artifact_dir)
+        self.models = ModelCatalog(self.db)
         self.stored = StoredCompletionService(self.db, settings.store_retention_days)
         self.admin_secret: str | None = None
         self._stop = threading.Event()
@@ -50,6 +52,7 @@ class ControlPlane:
     def _periodic(self) -> None:
         """Every few seconds in the meter's thread: prices other processes changed, budget grant leases."""
         self.catalog.reload()
+        self.models.reload()
         self.budgets.grants.maintain()
 
     @classmethod
@@ -71,6 +74,7 @@ class ControlPlane:
                       "(POST /v1/admin/tenants) or with `llmaas admin`.\n" + "=" * 72 + "\n")
             print(banner, file=sys.stderr, flush=True)
         cp.catalog.ensure(models)
+        cp.models.reload()
         cp.meter.start()
         cp._purger = threading.Thread(target=cp._purge_loop, name="llmaas-store-purge", daemon=True)
         cp._purger.start()

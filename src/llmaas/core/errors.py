@@ -54,6 +54,37 @@ class ModelNotFoundError(LlmaasError):
         )
 
 
+class ModelNotReadyError(LlmaasError):
+    """The model is in the catalog and being loaded (or unloaded): retry shortly."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_ready"
+
+    def __init__(self, model: str, state: str, retry_after_s: int = 5) -> None:
+        super().__init__(f"The model '{model}' is {state}; retry in a few seconds.", param="model",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
+class ModelCapabilityError(InvalidRequestError):
+    """The model exists but cannot serve this kind of request (an embedding model asked to chat)."""
+
+    code = "model_not_supported"
+
+    def __init__(self, model: str, capability: str, capabilities: tuple[str, ...] | list[str]) -> None:
+        super().__init__(f"The model '{model}' does not support {capability}; it supports: "
+                         f"{', '.join(capabilities) or 'nothing'}. Pick another model (GET /v1/models lists "
+                         "each model's capabilities).", param="model")
+
+
+class InsufficientMemoryError(LlmaasError):
+    """Loading the model would exceed the memory the machine has left."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "insufficient_memory"
+
+
 class OverloadedError(LlmaasError):
     status_code = 503
     error_type = "server_error"

@@ -44,9 +44,13 @@ def _backend(settings: Settings) -> tuple[Callable[[Settings, str], ModelRunner]
     return BACKENDS[settings.backend]
 
 
-def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = None) -> EngineClient:
-    """The engine for one model spec (a bundled model name or a .gguf path)."""
+def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = None,
+                 model_id: str | None = None) -> EngineClient:
+    """The engine for one model spec (a bundled model name or a .gguf path), served as `model_id` when given
+    (a catalog entry's id) or under the id the spec implies."""
     runner = _backend(settings)[0](settings, spec)
+    if model_id is not None:
+        runner.model_id = model_id
     return BatchingEngine(runner, settings.max_queued, metrics, max_adapters=settings.max_adapters,
                           prefill_step_s=settings.prefill_step_ms / 1000)
 

@@ -78,3 +78,5 @@ class ModelInfo:
     owned_by: str = "llmaas"
     created: int = 0
     meta: dict[str, str] = field(default_factory=dict)
+    # What the model can serve; a causal LM does all of these, an encoder only embeddings.
+    capabilities: tuple[str, ...] = ("chat", "completions", "embeddings", "fine_tuning")

@@ -81,3 +81,36 @@ class PriceSet(_Strict):
     input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     training_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+
+
+Capability = Literal["chat", "completions", "embeddings", "fine_tuning"]
+ModelId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")]
+
+
+class _ModelFields(_Strict):
+    description: str | None = Field(default=None, max_length=2000)
+    context_length: int | None = Field(default=None, ge=64, le=1 << 20,
+                                       description="Tokens per sequence; default: the server's context_size")
+    max_seqs: int | None = Field(default=None, ge=1, le=256,
+                                 description="Sequences decoded together; default: the server's max_seqs")
+    capabilities: list[Capability] | None = Field(default=None, max_length=4)
+    tenants: list[Annotated[str, Field(max_length=40)]] | None = Field(
+        default=None, max_length=10000, description="Tenant ids that may see the model; null: every tenant")
+    load_at_start: bool | None = Field(default=None, description="Load it when the server starts")
+    input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    training_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+
+
+class ModelRegister(_ModelFields):
+    """Register a base model: exactly one of `package` (a bundled model: smollm2, gemma3-270m, ...) and
+    `gguf_path` (a .gguf file on the server's disk)."""
+
+    id: ModelId | None = Field(default=None, description="Served id; default: the bundled id or the file's name")
+    package: str | None = Field(default=None, max_length=100)
+    gguf_path: str | None = Field(default=None, max_length=1000)
+    load: bool = Field(default=True, description="Start loading it now (in the background)")
+
+
+class ModelUpdate(_ModelFields):
+    pass

@@ -79,7 +79,7 @@ class ServingChat:
                      watch: Watch | None = None) -> Served:
         """Admit, template and run `body`. `watch` runs the generation of a non-streamed request (e.g.
         cancelling it when the client goes away); a stream's consumer stops it by closing the iterator."""
-        engine, adapter = await self.models.resolve(body.model, principal)
+        engine, adapter = await self.models.resolve(body.model, principal, "chat")
         # Role, model and request limits first: a refused caller costs no templating or tokenizing.
         ticket = await self.models.open_ticket(principal, body.model, "chat.completions", request_id)
         try:

@@ -71,7 +71,7 @@ class ServingCompletion:
     async def create(self, body: CompletionRequest, principal: Principal, request_id: str,
                      watch: Watch | None = None) -> Served:
         """Admit, tokenize and run `body` (see ServingChat.create for `watch`)."""
-        engine, adapter = await self.models.resolve(body.model, principal)
+        engine, adapter = await self.models.resolve(body.model, principal, "completions")
         if body.echo or body.suffix or (body.best_of or 1) > 1:
             param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
             raise InvalidRequestError(f"'{param}' is not supported by this server", param=param)

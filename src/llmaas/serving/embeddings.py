@@ -19,7 +19,7 @@ class ServingEmbedding:
         self.models = models
 
     async def create(self, body: EmbeddingRequest, principal: Principal, request_id: str) -> Served:
-        engine = self.models.get(body.model, principal)
+        engine = self.models.get(body.model, principal, "embeddings")
         raw = body.input
         if isinstance(raw, str):
             items: list = [raw]

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmaas.control.admission import Ticket
 from llmaas.control.auth.principal import Principal
+from llmaas.control.billing.catalog import base_model
 from llmaas.control.plane import ControlPlane
-from llmaas.core.errors import ContextLengthExceededError, ModelNotFoundError
+from llmaas.core.errors import ContextLengthExceededError, ModelCapabilityError, ModelNotFoundError
 from llmaas.engine.client import EngineClient
+
+if TYPE_CHECKING:
+    from llmaas.serving.catalog import ModelLoader
 
 # Runs the generation phase of a non-streamed request, e.g. cancelling it when the client goes away
 # (the API's until_disconnected). Admission is never under it: a ticket is opened or refused whole.
@@ -50,29 +54,70 @@ AnyTicket = Ticket | Unmetered
 
 
 class ServedModels:
-    """The engines (keyed by model id) and the control plane (None with auth disabled)."""
+    """The engines (keyed by model id), the control plane (None with auth disabled) and the loader that adds
+    and removes engines at run time (None when the model set is fixed, as in unit tests)."""
 
-    def __init__(self, engines: dict[str, EngineClient], control: ControlPlane | None) -> None:
-        self.engines, self.control = engines, control
+    def __init__(self, engines: dict[str, EngineClient], control: ControlPlane | None,
+                 loader: ModelLoader | None = None) -> None:
+        self.engines, self.control, self.loader = engines, control, loader
 
-    def get(self, model: str, principal: Principal | None = None) -> EngineClient:
-        """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak)."""
-        engine = self.engines.get(model)
-        if engine is None or (principal is not None and not principal.can_use_model(model)):
+    def visible(self, model: str, principal: Principal | None) -> bool:
+        """Whether this key may use `model`: its key's model list and the catalog entry's tenants."""
+        if principal is None:
+            return True
+        if not principal.can_use_model(model):
+            return False
+        entry = self.control.models.entry(base_model(model)) if self.control is not None else None
+        return entry is None or entry.visible_to(principal.tenant_id, principal.is_admin)
+
+    def capabilities(self, model: str) -> tuple[str, ...]:
+        """What a model can serve: its catalog entry's declaration, else what its engine reports."""
+        base = base_model(model)
+        entry = self.control.models.entry(base) if self.control is not None else None
+        if entry is not None:
+            caps = entry.capabilities
+        else:
+            engine = self.engines.get(base)
+            caps = engine.info.capabilities if engine is not None else ()
+        return tuple(c for c in caps if c != "fine_tuning") if model != base else caps
+
+    def require(self, model: str, capability: str) -> None:
+        caps = self.capabilities(model)
+        if capability not in caps:
+            raise ModelCapabilityError(model, capability, caps)
+
+    def get(self, model: str, principal: Principal | None = None, capability: str | None = None) -> EngineClient:
+        """The engine serving `model`, or 404 — also when this key may not use it (same answer, no leak);
+        503 + Retry-After while it loads; 400 when it cannot serve `capability`."""
+        if not self.visible(model, principal):
             raise ModelNotFoundError(model)
+        engine = self.engines.get(model)
+        if engine is None:
+            if self.loader is not None:
+                self.loader.check_ready(model)
+            raise ModelNotFoundError(model)
+        if capability is not None:
+            self.require(model, capability)
         return engine
 
-    async def resolve(self, model: str, principal: Principal) -> tuple[EngineClient, str | None]:
+    async def resolve(self, model: str, principal: Principal,
+                      capability: str | None = None) -> tuple[EngineClient, str | None]:
         """(engine, adapter name) serving `model`: a base model, or a tenant's fine-tuned `ft:` model — its
         LoRA adapter on the running base model, loaded on first use. 404 for anything this key may not use."""
         if model in self.engines or not model.startswith("ft:") or self.control is None:
-            return self.get(model, principal), None
+            return self.get(model, principal, capability), None
         registry = self.control.registry
         r = registry.resolve_tenant_model(principal.tenant_id, model) if registry.cached(principal.tenant_id, model) \
             else await asyncio.to_thread(registry.resolve_tenant_model, principal.tenant_id, model)
-        engine = self.engines.get(r.base_model) if r else None
-        if r is None or engine is None or not principal.can_use_model(model):
+        if r is None or not self.visible(model, principal):
             raise ModelNotFoundError(model)
+        engine = self.engines.get(r.base_model)
+        if engine is None:
+            if self.loader is not None:
+                self.loader.check_ready(r.base_model)
+            raise ModelNotFoundError(model)
+        if capability is not None:
+            self.require(model, capability)
         if not engine.has_adapter(r.adapter):
             engine.register_adapter(r.adapter, str(r.adapter_path))
         return engine, r.adapter

@@ -1,4 +1,4 @@
-"""/v1/admin: tenants, their keys and limits, model prices, usage of all tenants, the audit log.
+"""/v1/admin: tenants, their keys and limits, usage of all tenants, the audit log.
 
 Admins reach everything; a tenant owner reaches its own tenant's keys and audit trail through the
 same routes, and another tenant's ids answer 404 exactly like ids that do not exist. The routes are
@@ -15,11 +15,10 @@ from llmaas.control.auth import audit, tenants
 from llmaas.control.auth.keys import key_dict
 from llmaas.control.auth.principal import Context, Limits
 from llmaas.control.billing import usage
-from llmaas.control.billing.catalog import price_dict
 from llmaas.control.clock import from_unix
 from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
-from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, PriceSet, TenantCreate, TenantUpdate
+from llmaas.protocol.admin import KeyCreate, KeyRotate, KeyUpdate, TenantCreate, TenantUpdate
 from llmaas.protocol.common import INT32_MAX, MAX_UNIX_TIME
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -131,33 +130,6 @@ def rotate_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContex
     with cp.db.session() as s:
         k, secret = cp.keys.rotate(s, ctx, tenant_id, key_id, grace_seconds=(body or KeyRotate()).grace_seconds)
         return key_dict(k, secret)
-
-
-# --- model catalog ---
-
-@router.get("/models")
-def list_prices(request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    ctx.principal.require()
-    with cp.db.session() as s:
-        return page([price_dict(p) for p in cp.catalog.list(s)], False)
-
-
-@router.get("/models/{model:path}")
-def get_price(model: str, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    ctx.principal.require()
-    with cp.db.session() as s:
-        return price_dict(cp.catalog.get(s, model))
-
-
-@router.put("/models/{model:path}")
-def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext) -> dict:
-    cp = _cp(request)
-    with cp.db.session() as s:
-        return price_dict(cp.catalog.set_price(
-            s, ctx, model, input_usd_per_mtok=body.input_usd_per_mtok, output_usd_per_mtok=body.output_usd_per_mtok,
-            training_usd_per_mtok=body.training_usd_per_mtok))
 
 
 # --- usage and audit ---

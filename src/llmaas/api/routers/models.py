@@ -1,5 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: the base models this key may use, and its tenant's fine-tuned
-models (with their lineage: base model, job, step)."""
+"""GET /v1/models and /v1/models/{id}: the base models this key may use (loaded, or being loaded), each with
+its status and capabilities, and its tenant's fine-tuned models (with their lineage: base model, job, step)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,36 @@ from llmaas.control.clock import unix
 from llmaas.control.db.models import TenantModel
 from llmaas.control.jobs.fine_tuning import tenant_models
 from llmaas.core.errors import ModelNotFoundError
-from llmaas.engine.client import EngineClient
+from llmaas.serving.models import ServedModels
 
 router = APIRouter()
 
 
-def _model_obj(engine: EngineClient) -> dict:
-    info = engine.info
-    return {"id": info.model_id, "object": "model", "created": info.created, "owned_by": info.owned_by,
-            "context_length": info.context_size}
+def _model_obj(served: ServedModels, model_id: str) -> dict:
+    """A base model as a key sees it: ready (its engine is up) or still loading."""
+    engine = served.engines.get(model_id)
+    cp = served.control
+    entry = cp.models.entry(model_id) if cp is not None else None
+    status = served.loader.state(model_id).status if served.loader is not None else "ready"
+    return {"id": model_id, "object": "model", "created": entry.created if entry else engine.info.created if engine
+            else 0, "owned_by": engine.info.owned_by if engine else "llmaas",
+            "context_length": engine.info.context_size if engine else entry.context_length if entry else None,
+            "status": "ready" if engine is not None else status, "capabilities": list(served.capabilities(model_id)),
+            "description": entry.description if entry else ""}
 
 
-def _tenant_model_obj(m: TenantModel, context: int | None) -> dict:
+def _listed(served: ServedModels) -> list[str]:
+    """Base models a request could use now or shortly: loaded ones and ones being loaded."""
+    loading = [m for m, st in served.loader.states.items() if st.status == "loading"] if served.loader else []
+    return sorted(set(served.engines) | set(loading))
+
+
+def _tenant_model_obj(served: ServedModels, m: TenantModel) -> dict:
+    engine = served.engines.get(m.base_model)
     return {"id": m.id, "object": "model", "created": unix(m.created_at), "owned_by": m.tenant_id,
-            "context_length": context, "parent": m.base_model, "lineage": m.lineage}
+            "context_length": engine.info.context_size if engine else None, "parent": m.base_model,
+            "lineage": m.lineage, "status": "ready" if engine else served.loader.state(m.base_model).status
+            if served.loader else "unloaded", "capabilities": list(served.capabilities(m.id))}
 
 
 def _owned(request: Request, principal) -> list[TenantModel]:
@@ -39,20 +55,22 @@ def _owned(request: Request, principal) -> list[TenantModel]:
 
 @router.get("/v1/models")
 async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
-    engines = request.app.state.engines
-    data = [_model_obj(e) for m, e in engines.items() if principal.can_use_model(m)]
+    served = served_models(request)
+    data = [_model_obj(served, m) for m in _listed(served) if served.visible(m, principal)]
     for m in await asyncio.to_thread(_owned, request, principal):
-        if m.base_model in engines and principal.can_use_model(m.id):
-            data.append(_tenant_model_obj(m, engines[m.base_model].info.context_size))
+        if m.base_model in served.engines and served.visible(m.id, principal):
+            data.append(_tenant_model_obj(served, m))
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request, principal: CurrentPrincipal) -> dict:
+    served = served_models(request)
     if model_id.startswith("ft:") and request.app.state.control is not None:
         for m in await asyncio.to_thread(_owned, request, principal):
-            if m.id == model_id and principal.can_use_model(m.id):
-                engine = request.app.state.engines.get(m.base_model)
-                return _tenant_model_obj(m, engine.info.context_size if engine else None)
+            if m.id == model_id and served.visible(m.id, principal):
+                return _tenant_model_obj(served, m)
         raise ModelNotFoundError(model_id)
-    return _model_obj(served_models(request).get(model_id, principal))
+    if model_id not in _listed(served) or not served.visible(model_id, principal):
+        raise ModelNotFoundError(model_id)
+    return _model_obj(served, model_id)

@@ -65,6 +65,16 @@ class Catalog:
     def list(self, s: Session) -> list[ModelPrice]:
         return list(s.scalars(select(ModelPrice).order_by(ModelPrice.model)))
 
+    def has(self, s: Session, model: str) -> bool:
+        return s.get(ModelPrice, model) is not None
+
+    def remove(self, s: Session, model: str) -> None:
+        """Drop a deleted model's price (usage already recorded keeps its cost)."""
+        p = s.get(ModelPrice, model)
+        if p is not None:
+            s.delete(p)
+        self._cache.pop(model, None)
+
     def get(self, s: Session, model: str) -> ModelPrice:
         p = s.get(ModelPrice, model)
         if p is None:

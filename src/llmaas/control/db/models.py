@@ -276,3 +276,22 @@ class CompletionFeedback(Base):
     correction: Mapped[str | None] = mapped_column(Text)
     comment: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CatalogModel(Base):
+    """A base model in the run-time catalog: where its weights are, what it can do, who sees it, and whether
+    the server loads it at start. Whether it is loaded now is the serving process's state, not stored."""
+
+    __tablename__ = "catalog_models"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # the served model id
+    source_type: Mapped[str] = mapped_column(String(16))  # package | gguf_path
+    source: Mapped[str] = mapped_column(String(1000))  # a bundled model's spec, or the .gguf path
+    description: Mapped[str] = mapped_column(Text, default="")
+    context_length: Mapped[int | None] = mapped_column(Integer)  # per sequence; NULL: the server's setting
+    max_seqs: Mapped[int | None] = mapped_column(Integer)  # sequence slots; NULL: the server's setting
+    capabilities: Mapped[list] = mapped_column(JSON)
+    tenants: Mapped[list | None] = mapped_column(JSON)  # tenant ids that may see it; NULL: every tenant
+    load_at_start: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
