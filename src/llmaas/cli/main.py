@@ -10,9 +10,11 @@ import typer
 
 from llmaas.cli.admin import admin_app
 from llmaas.cli.eval import eval_app
+from llmaas.cli.models import models_app
 
 app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+admin_app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 
 

@@ -81,6 +81,12 @@ class ServedModels:
             caps = engine.info.capabilities if engine is not None else ()
         return tuple(c for c in caps if c != "fine_tuning") if model != base else caps
 
+    def offering(self, principal: Principal, capability: str) -> list[str]:
+        """Base models this key may use for `capability` (fine-tuning, evals): the catalog's, loaded or not,
+        and any served model outside it."""
+        ids = set(self.engines) | ({e.id for e in self.control.models.entries()} if self.control else set())
+        return sorted(m for m in ids if capability in self.capabilities(m) and self.visible(m, principal))
+
     def require(self, model: str, capability: str) -> None:
         caps = self.capabilities(model)
         if capability not in caps:

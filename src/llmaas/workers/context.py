@@ -12,7 +12,8 @@ from llmaas.control.billing.budgets import Budgets, BudgetScope, Hold
 from llmaas.control.billing.catalog import Catalog, Price
 from llmaas.control.billing.metering import Meter
 from llmaas.control.data.files import FileService
-from llmaas.control.db.models import ApiKey, Job, Tenant
+from llmaas.control.db.database import Database
+from llmaas.control.db.models import ApiKey, CatalogModel, Job, Tenant
 from llmaas.control.jobs.queue import JobQueue
 from llmaas.core.config import Settings
 from llmaas.core.errors import LlmaasError
@@ -26,14 +27,19 @@ class JobFailed(Exception):
         self.code, self.message, self.param = code, message, param
 
 
-def model_spec(settings: Settings, model_id: str) -> str:
-    """The served model spec (bundled name or .gguf path) behind an engine model id."""
+def model_spec(db: Database, settings: Settings, model_id: str) -> str:
+    """The model spec (bundled name or .gguf path) behind a base model id: its catalog entry's source, or
+    the server's --model flag that serves it."""
     from llmaas.engine.factory import model_spec_for
 
+    with db.session() as s:
+        entry = s.get(CatalogModel, model_id)
+        if entry is not None:
+            return entry.source
     spec = model_spec_for(settings, model_id)
     if spec is not None:
         return spec
-    raise JobFailed("model_not_available", f"Model {model_id} is not served by this deployment.", "model")
+    raise JobFailed("model_not_available", f"Model {model_id} is not in this deployment's catalog.", "model")
 
 
 @dataclass

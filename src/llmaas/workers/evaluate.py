@@ -82,7 +82,7 @@ async def _evaluate(ctx: JobContext, rows: list[Row], labels: list[str], results
                 # Batch work: no per-step prefill cap (and so no start-up cost measurement, which would
                 # compete for the CPU with the serving process right when a job has just finished).
                 engines[base] = build_engine(ctx.settings.model_copy(update={"prefill_step_ms": 0.0}),
-                                             model_spec(ctx.settings, base))
+                                             model_spec(ctx.queue.db, ctx.settings, base), model_id=base)
                 await engines[base].start()
             engine = engines[base]
             if adapter is not None:

@@ -60,7 +60,7 @@ def run_fine_tune(ctx: JobContext) -> None:
     valid_rows = _examples(ctx, spec["validation_file"], "validation_file") if spec.get("validation_file") else None
     hp = auto_hyperparameters(spec["hyperparameters"], len(train_rows))
     ctx.state.update(hyperparameters=hp)
-    base_spec = model_spec(ctx.settings, spec["model"])
+    base_spec = model_spec(ctx.queue.db, ctx.settings, spec["model"])
     base_gguf = resolve_gguf(base_spec)
     work = ctx.settings.artifact_dir / "jobs" / job.id
     adapters = ctx.settings.artifact_dir / "adapters" / job.id

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.responses import served_models
 from llmaas.control.cursors import int_cursor
 from llmaas.control.jobs import evals
 from llmaas.control.jobs import fine_tuning as ft
@@ -22,8 +23,9 @@ def _cp(request: Request) -> ControlPlane:
 @router.post("")
 def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
+    bases = served_models(request).offering(ctx.principal, "completions")
     with cp.db.session() as s:
-        job = evals.create(s, ctx, models=body.models(), base_models=list(request.app.state.engines),
+        job = evals.create(s, ctx, models=body.models(), base_models=bases,
                            file_id=body.file_id, task=body.task.model_dump(), name=body.name, max_rows=body.max_rows,
                            metadata=body.metadata)
         s.flush()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query
+from llmaas.api.responses import served_models
 from llmaas.control.jobs import fine_tuning as ft
 from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
@@ -21,8 +22,9 @@ def _cp(request: Request) -> ControlPlane:
 @router.post("/jobs")
 def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
+    bases = served_models(request).offering(ctx.principal, "fine_tuning")
     with cp.db.session() as s:
-        job = ft.create(s, ctx, model=body.model, base_models=list(request.app.state.engines),
+        job = ft.create(s, ctx, model=body.model, base_models=bases,
                         training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
                         seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict(),
                         eval_spec=body.eval.model_dump() if body.eval else None)

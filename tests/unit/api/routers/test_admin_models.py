@@ -181,3 +181,18 @@ def test_the_catalog_survives_a_restart(tmp_path: Path):
         r = c.post("/v1/chat/completions", json={"model": "kept", "messages": [{"role": "user", "content": "x"}],
                                                  "max_tokens": 2})
         assert r.status_code == 200
+
+
+def test_fine_tuning_and_evals_take_any_catalog_model_that_can_do_them(client):
+    from tests.unit.conftest import TRAIN
+
+    client.post("/v1/admin/models", json={"id": "parked", "package": "smollm2", "load": False})
+    client.post("/v1/admin/models", json={"id": "emb", "package": "smollm2", "load": False,
+                                          "capabilities": ["embeddings"]})
+    fid = client.post("/v1/files", files={"file": ("t.jsonl", TRAIN)}, data={"purpose": "fine-tune"}).json()["id"]
+    r = client.post("/v1/fine_tuning/jobs", json={"model": "parked", "training_file": fid})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "parked"
+    r = client.post("/v1/fine_tuning/jobs", json={"model": "emb", "training_file": fid})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert "parked" in r.json()["error"]["message"] and "emb" not in r.json()["error"]["message"].split(": ")[-1]
