@@ -14,8 +14,8 @@ from llmaas.control.auth import audit
 from llmaas.control.auth.principal import Context
 from llmaas.control.clock import unix, utcnow
 from llmaas.control.db.database import Database
-from llmaas.control.db.models import CatalogModel
-from llmaas.core.errors import ConflictError, NotFoundError
+from llmaas.control.db.models import CatalogModel, Tenant
+from llmaas.core.errors import ConflictError, InvalidRequestError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class ModelCatalog:
         if s.get(CatalogModel, id) is not None:
             raise ConflictError(f"A model '{id}' is already in the catalog; change it with PATCH "
                                 f"/v1/admin/models/{id} or delete it first.", param="id")
+        _check_tenants(s, tenants)
         now = utcnow()
         m = CatalogModel(id=id, source_type=source_type, source=source, description=description,
                          context_length=context_length, max_seqs=max_seqs, capabilities=list(capabilities),
@@ -101,6 +102,11 @@ class ModelCatalog:
             ctx.principal.require()
         m = self.get(s, model_id)
         before = Entry.of(m).to_dict()
+        for field in ("capabilities", "load_at_start"):
+            if field in changes and changes[field] is None:
+                raise InvalidRequestError(f"'{field}' cannot be null", param=field)
+        if "tenants" in changes:
+            _check_tenants(s, changes["tenants"])
         for k, v in changes.items():
             setattr(m, k, list(v) if isinstance(v, (list, tuple)) else v)
         m.updated_at = utcnow()
@@ -120,3 +126,10 @@ class ModelCatalog:
         self._cache.pop(model_id, None)
         audit.record(s, ctx, "model.delete", "model", model_id, tenant_id=None, before=e.to_dict())
         return e
+
+
+def _check_tenants(s: Session, tenants: list[str] | None) -> None:
+    """A typo in a tenant id would hide the model from the tenant meant to have it: refuse unknown ids."""
+    for t in tenants or ():
+        if s.get(Tenant, t) is None:
+            raise InvalidRequestError(f"No tenant '{t}'; tenants are named by their id (org-...).", param="tenants")

@@ -196,3 +196,17 @@ def test_fine_tuning_and_evals_take_any_catalog_model_that_can_do_them(client):
     r = client.post("/v1/fine_tuning/jobs", json={"model": "emb", "training_file": fid})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
     assert "parked" in r.json()["error"]["message"] and "emb" not in r.json()["error"]["message"].split(": ")[-1]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"capabilities": None}, "capabilities"),
+    ({"load_at_start": None}, "load_at_start"),
+    ({"tenants": ["org-nonexistent"]}, "tenants"),
+    ({"max_seqs": 1000}, "max_seqs"),
+])
+def test_bad_changes_are_400s_and_leave_the_model_as_it_was(client, body, param):
+    before = client.get("/v1/admin/models/fake-model").json()
+    r = client.patch("/v1/admin/models/fake-model", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].split(".")[0] == param
+    assert client.get("/v1/admin/models/fake-model").json() == before
