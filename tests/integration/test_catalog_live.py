@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from llmaas.core.model_files import bundled_gguf
@@ -59,8 +60,11 @@ def test_register_load_chat_unload_then_404(data_dir: Path):
         r = client.chat.completions.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content is not None
 
+        rss_loaded = psutil.Process(s.proc.pid).memory_info().rss
         m = s.admin("POST", f"/models/{GEMMA}/unload")
         assert m["status"] == "unloaded" and m["load_at_start"] is False
+        freed = rss_loaded - psutil.Process(s.proc.pid).memory_info().rss
+        assert freed > 100 * 2**20, f"unloading freed only {freed / 2**20:.0f} MiB"  # weights 241 MiB + KV
         with pytest.raises(openai.NotFoundError) as e:
             client.chat.completions.create(model=GEMMA, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
         assert e.value.body["code"] == "model_not_found"
