@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmaas.core.errors import InvalidRequestError
+
+GENERATIVE = ("chat", "completions", "embeddings")  # a causal LM: generates, and its hidden states embed
+EMBEDDINGS_ONLY = ("embeddings",)  # an encoder (BERT): no LM head to generate with
+_ENDPOINTS = {"chat": "chat completions (/v1/chat/completions)", "completions": "completions (/v1/completions)",
+              "embeddings": "embeddings (/v1/embeddings)"}
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -78,3 +85,11 @@ class ModelInfo:
     owned_by: str = "llmaas"
     created: int = 0
     meta: dict[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = GENERATIVE  # what the model can serve, read from the model itself
+
+    def require(self, capability: str, model: str | None = None) -> None:
+        """400 (param "model") unless the model can serve `capability`; `model`: the name the client used."""
+        if capability not in self.capabilities:
+            supported = ", ".join(_ENDPOINTS.get(c, c) for c in self.capabilities)
+            raise InvalidRequestError(f"the model '{model or self.model_id}' only supports {supported}, "
+                                      f"not {_ENDPOINTS.get(capability, capability)}", param="model")

@@ -80,6 +80,7 @@ class ServingChat:
         """Admit, template and run `body`. `watch` runs the generation of a non-streamed request (e.g.
         cancelling it when the client goes away); a stream's consumer stops it by closing the iterator."""
         engine, adapter = await self.models.resolve(body.model, principal)
+        engine.info.require("chat", body.model)  # an embeddings-only model: 400, before any admission
         # Role, model and request limits first: a refused caller costs no templating or tokenizing.
         ticket = await self.models.open_ticket(principal, body.model, "chat.completions", request_id)
         try:

@@ -72,6 +72,7 @@ class ServingCompletion:
                      watch: Watch | None = None) -> Served:
         """Admit, tokenize and run `body` (see ServingChat.create for `watch`)."""
         engine, adapter = await self.models.resolve(body.model, principal)
+        engine.info.require("completions", body.model)  # an embeddings-only model: 400, before any admission
         if body.echo or body.suffix or (body.best_of or 1) > 1:
             param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
             raise InvalidRequestError(f"'{param}' is not supported by this server", param=param)
