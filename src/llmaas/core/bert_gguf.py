@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # Part of the cached file's name: a change to what the converter writes must not reuse an older conversion.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 # sentence-transformers' pooling modes -> llama.cpp's pooling types (gguf.PoolingType values).
 _POOLING = {"pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS", "pooling_mode_lasttoken": "LAST"}
@@ -113,8 +113,10 @@ def convert_bert(model_dir: Path, out: Path, *, name: str) -> None:
         w.add_token_list(tokens)
         w.add_token_types(types)
         # [CLS]/[SEP]/[UNK]/[PAD]/[MASK] ids and whether [CLS] ... [SEP] frame each input, from the tokenizer files.
-        # ([CLS] stands in for BOS, as upstream has it; naming the type 'cls' only earns a warning.)
-        special = ("bos", "eos", "unk", "sep", "pad", "mask")
+        # [CLS] stands in for BOS, as upstream has it. Unlike upstream, [SEP] is not also the EOS: llama.cpp frames
+        # WordPiece input with the separator alone, and an EOS that no generation ends on only earns a warning
+        # at every load (as would naming the type 'cls').
+        special = ("bos", "unk", "sep", "pad", "mask")
         gguf.SpecialVocab(model_dir, n_vocab=len(tokens), special_token_types=special).add_to_gguf(w, quiet=True)
         for tensor_name, data in _tensors(model_dir, n_layer):
             w.add_tensor(tensor_name, data)
