@@ -37,3 +37,9 @@ def test_an_embeddings_only_model_embeds(encoder):
     assert r.status_code == 200, r.text
     assert len(r.json()["data"]) == 2
 
+
+
+def test_an_embeddings_only_model_is_not_offered_for_fine_tuning(encoder):
+    r = encoder.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": "file-none"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "model" and "fine-tunable models: none" in r.json()["error"]["message"]

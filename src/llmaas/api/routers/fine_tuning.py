@@ -22,7 +22,9 @@ def _cp(request: Request) -> ControlPlane:
 def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        job = ft.create(s, ctx, model=body.model, base_models=list(request.app.state.engines),
+        # LoRA fine-tuning trains a causal LM: a model that only embeds is not a base model for it.
+        base_models = [m for m, e in request.app.state.engines.items() if "completions" in e.info.capabilities]
+        job = ft.create(s, ctx, model=body.model, base_models=base_models,
                         training_file=body.training_file, validation_file=body.validation_file, suffix=body.suffix,
                         seed=body.seed, metadata=body.metadata, hyperparameters=body.hp(), lora=body.lora_dict(),
                         eval_spec=body.eval.model_dump() if body.eval else None)
