@@ -43,3 +43,11 @@ def test_an_embeddings_only_model_is_not_offered_for_fine_tuning(encoder):
     r = encoder.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": "file-none"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "model" and "fine-tunable models: none" in r.json()["error"]["message"]
+
+
+def test_an_embeddings_only_model_cannot_be_evaluated(encoder):
+    """Evals score log-probabilities, which a model that only embeds has none of: a 400 at creation, not a
+    job that fails later."""
+    r = encoder.post("/v1/evals", json={"model": MODEL, "file_id": "file-none", "task": {"type": "classification"}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "model" and "only supports embeddings" in r.json()["error"]["message"]

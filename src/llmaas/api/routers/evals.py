@@ -22,6 +22,9 @@ def _cp(request: Request) -> ControlPlane:
 @router.post("")
 def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
+    for m in body.models():  # evals score log-probabilities: a model that only embeds has none (400)
+        if (engine := request.app.state.engines.get(m)) is not None:
+            engine.info.require("completions", m)
     with cp.db.session() as s:
         job = evals.create(s, ctx, models=body.models(), base_models=list(request.app.state.engines),
                            file_id=body.file_id, task=body.task.model_dump(), name=body.name, max_rows=body.max_rows,
