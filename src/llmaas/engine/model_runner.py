@@ -28,6 +28,9 @@ class ModelRunner(Protocol):
     n_slots: int  # sequence ids 0..n_slots-1
     context_size: int  # per sequence
     max_batch_tokens: int
+    # engine.types GENERATIVE, or EMBEDDINGS_ONLY for an encoder: then only tokenize, embed and the KV
+    # calls (no-ops) are used, and decode and scoring raise InvalidRequestError.
+    capabilities: tuple[str, ...]
 
     def tokenize(self, text: str, *, special: bool) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
@@ -66,7 +69,8 @@ class ModelRunner(Protocol):
     def kv_capacity(self) -> int: ...
 
     def embed(self, tokens: list[int], adapter: str | None = None) -> list[float]:
-        """Mean-pooled, L2-normalised embedding (separate context; safe off the scheduler thread)."""
+        """Pooled (the model's own pooling, else the mean), L2-normalised embedding (separate context; safe off
+        the scheduler thread)."""
 
     def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
         """Log-probabilities of tokens[start:] given what precedes each (separate context)."""

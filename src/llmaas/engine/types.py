@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmaas.core.errors import ModelCapabilityError
+
+GENERATIVE = ("chat", "completions", "embeddings")  # a causal LM: generates, and its hidden states embed
+EMBEDDINGS_ONLY = ("embeddings",)  # an encoder (BERT): no LM head to generate with
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -78,5 +83,9 @@ class ModelInfo:
     owned_by: str = "llmaas"
     created: int = 0
     meta: dict[str, str] = field(default_factory=dict)
-    # What the model can serve; a causal LM does all of these, an encoder only embeddings.
-    capabilities: tuple[str, ...] = ("chat", "completions", "embeddings", "fine_tuning")
+    capabilities: tuple[str, ...] = GENERATIVE  # what the model can serve, read from the model itself
+
+    def require(self, capability: str, model: str | None = None) -> None:
+        """400 (param "model") unless the model can serve `capability`; `model`: the name the client used."""
+        if capability not in self.capabilities:
+            raise ModelCapabilityError(model or self.model_id, capability, self.capabilities)

@@ -194,6 +194,8 @@ class ModelLoader:
                 b = bundled(spec)
                 source_type, source = ("package", b.spec) if b else ("gguf_path", str(Path(spec).resolve()))
                 caps = self.engines[model_id].info.capabilities
+                if "completions" in caps:  # a causal LM: LoRA fine-tuning applies to it
+                    caps = (*caps, "fine_tuning")
                 self.catalog.register(s, None, id=model_id, source_type=source_type, source=source,
                                       description=b.description if b else "", capabilities=list(caps))
 

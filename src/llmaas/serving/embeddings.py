@@ -1,4 +1,5 @@
-"""Embeddings (POST /v1/embeddings): mean-pooled, L2-normalised hidden states of the served model."""
+"""Embeddings (POST /v1/embeddings): the served model's pooled (its own pooling, else the mean), L2-normalised
+hidden states."""
 
 from __future__ import annotations
 

@@ -74,10 +74,12 @@ class ServedModels:
         """What a model can serve: its catalog entry's declaration, else what its engine reports."""
         base = base_model(model)
         entry = self.control.models.entry(base) if self.control is not None else None
-        if entry is not None:
-            caps = entry.capabilities
+        engine = self.engines.get(base)
+        if entry is not None:  # what the admin declared, within what the loaded model can do
+            can = () if engine is None else (*engine.info.capabilities, "fine_tuning") \
+                if "completions" in engine.info.capabilities else engine.info.capabilities
+            caps = tuple(c for c in entry.capabilities if engine is None or c in can)
         else:
-            engine = self.engines.get(base)
             caps = engine.info.capabilities if engine is not None else ()
         return tuple(c for c in caps if c != "fine_tuning") if model != base else caps
 

@@ -23,7 +23,11 @@ def _cp(request: Request) -> ControlPlane:
 @router.post("")
 def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
-    bases = served_models(request).offering(ctx.principal, "completions")
+    served = served_models(request)
+    bases = served.offering(ctx.principal, "completions")
+    for m in body.models():  # evals score log-probabilities: a model that only embeds has none (400)
+        if m not in bases and m in served.offering(ctx.principal, "embeddings"):
+            served.require(m, "completions")
     with cp.db.session() as s:
         job = evals.create(s, ctx, models=body.models(), base_models=bases,
                            file_id=body.file_id, task=body.task.model_dump(), name=body.name, max_rows=body.max_rows,

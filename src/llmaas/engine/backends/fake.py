@@ -19,7 +19,7 @@ import numpy as np
 from llmaas.core.errors import EngineError
 from llmaas.engine.sampling import GREEDY_BELOW
 from llmaas.engine.scoring import ScoreItem, score_one_by_one
-from llmaas.engine.types import SamplingParams
+from llmaas.engine.types import GENERATIVE, SamplingParams
 
 EOS = 256
 _ALPHA = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
@@ -59,8 +59,10 @@ class FakeRunner:
         fail_at_decode: int = 0,
         s_per_token: float = 0.0,
         prefill_s_per_token: float | None = None,
+        capabilities: tuple[str, ...] = GENERATIVE,
     ) -> None:
         self.n_vocab = 257
+        self.capabilities = capabilities  # EMBEDDINGS_ONLY stands in for an encoder such as BERT
         self.n_slots, self.context_size, self.max_batch_tokens = n_slots, context_size, max_batch_tokens
         self.eos_after = eos_after
         self.fail_at_decode = fail_at_decode  # raise on that decode call (1-based), to test error paths

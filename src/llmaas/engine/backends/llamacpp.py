@@ -27,8 +27,9 @@ import numpy as np
 
 from llmaas.core.errors import EngineError, InvalidRequestError
 from llmaas.core.model_files import ModelPackageMissingError, gguf_path, model_id_for
+from llmaas.engine.backends.llamacpp_sampler import LlamaSampler
 from llmaas.engine.model_runner import log_softmax
-from llmaas.engine.sampling import GREEDY_BELOW, NumpySampler
+from llmaas.engine.sampling import NumpySampler
 from llmaas.engine.scoring import (
     SCORE_BATCH,
     SCORE_SEQ_TOKENS,
@@ -40,7 +41,7 @@ from llmaas.engine.scoring import (
     pack,
     starts_with,
 )
-from llmaas.engine.types import SamplingParams
+from llmaas.engine.types import EMBEDDINGS_ONLY, GENERATIVE, SamplingParams
 
 log = logging.getLogger("llmaas.engine.llamacpp")
 
@@ -78,71 +79,6 @@ def _quiet_llama_logs() -> None:
     L.llama_log_set(_cb, ctypes.c_void_p(0))
 
 
-def seed32(seed: int) -> int:
-    """llama.cpp's samplers take a uint32 seed, and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "random": fold
-    the 64 bits in (small seeds map to themselves) and keep clear of that value."""
-    s = seed % (1 << 64)
-    s = (s ^ (s >> 32)) & 0xFFFFFFFF
-    return s if s != 0xFFFFFFFF else 0xFFFFFFFE
-
-
-class _LlamaSampler:
-    """A per-sequence llama.cpp sampler chain, for requests with a grammar (response_format)."""
-
-    def __init__(self, runner: LlamaCppRunner, p: SamplingParams, seed: int) -> None:
-        L = runner.L
-        self._L, self._ctx = L, runner.ctx
-        self._chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        try:
-            self._build(runner, p, seed)
-        except BaseException:
-            self.close()  # a sampler that fails to build must not leak its chain
-            raise
-
-    def _build(self, runner: LlamaCppRunner, p: SamplingParams, seed: int) -> None:
-        L = runner.L
-        add = lambda s: L.llama_sampler_chain_add(self._chain, s)  # noqa: E731
-        bias = dict(p.logit_bias)
-        if p.ignore_eos:
-            for t in runner.eog_tokens():
-                bias[t] = -float("inf")
-        if bias:
-            arr = (L.llama_logit_bias * len(bias))(*[L.llama_logit_bias(t, b) for t, b in bias.items()])
-            add(L.llama_sampler_init_logit_bias(runner.n_vocab, len(bias), arr))
-        if p.grammar:
-            g = L.llama_sampler_init_grammar(runner.vocab, p.grammar.encode(), b"root")
-            if not g:
-                raise InvalidRequestError("the grammar for response_format could not be built",
-                                          param="response_format")
-            add(g)
-        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            # llama-cpp-python 0.3.36 declares a stale leading `n_vocab` argument that the C function no
-            # longer has; by the x86-64 / AArch64 calling conventions the C side reads the first int as its
-            # penalty_last_n (the window: the whole context) and ignores the second.
-            add(L.llama_sampler_init_penalties(
-                runner.context_size, 0, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
-            ))
-        if p.temperature < GREEDY_BELOW:
-            add(L.llama_sampler_init_greedy())
-            return
-        add(L.llama_sampler_init_temp(p.temperature))  # same order as NumpySampler
-        if p.top_k > 0:
-            add(L.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            add(L.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0:
-            add(L.llama_sampler_init_min_p(p.min_p, 1))
-        add(L.llama_sampler_init_dist(seed32(seed)))
-
-    def sample(self, batch_index: int) -> int:
-        return int(self._L.llama_sampler_sample(self._chain, self._ctx, batch_index))
-
-    def close(self) -> None:
-        if self._chain:
-            self._L.llama_sampler_free(self._chain)
-            self._chain = None
-
-
 class LlamaCppRunner:
     def __init__(
         self,
@@ -170,9 +106,18 @@ class LlamaCppRunner:
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_slots, self.max_batch_tokens, self.threads = n_slots, max_batch_tokens, threads
         self.context_size = min(context_size, L.llama_model_n_ctx_train(self.model))
-        self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False,
-                                     unified=False)
-        self.mem = L.llama_get_memory(self.ctx)
+        arch = self._meta("general.architecture")
+        # An encoder (BERT and its kin) attends both ways and has no LM head: it can only embed. It gets no
+        # generation context (llama.cpp gives it no KV cache anyway), and pools as its GGUF says.
+        self.capabilities = EMBEDDINGS_ONLY if self._meta(f"{arch}.attention.causal") == "false" else GENERATIVE
+        self.generative = "completions" in self.capabilities
+        own_pooling = self._meta(f"{arch}.pooling_type")  # 1, 2, 3: mean, cls, last; else none of its own
+        self._pooling = int(own_pooling) if own_pooling in ("1", "2", "3") else L.LLAMA_POOLING_TYPE_MEAN
+        self.ctx = self.mem = None
+        if self.generative:
+            self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False,
+                                         unified=False)
+            self.mem = L.llama_get_memory(self.ctx)
         self._batch = L.llama_batch_init(max_batch_tokens, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
@@ -186,11 +131,24 @@ class LlamaCppRunner:
         self._to_free: list[ctypes.c_void_p] = []
         self._adapter: str | None = None  # what self.ctx has applied
 
+    def _meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp prints it (a bool reads "true"/"false"), or None if absent."""
+        buf = ctypes.create_string_buffer(64)
+        n = self.L.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _generative_only(self, what: str) -> None:
+        if not self.generative:
+            raise InvalidRequestError(f"the model '{self.model_id}' only supports embeddings, not {what}",
+                                      param="model")
+
     def prefill_cost(self, n: int = 64) -> float:
         """Seconds per prompt token of one n-token prefill, measured now: the scheduler's first estimate (it
         refines it from real steps). Called on the scheduler thread, which must be the only long-lived
         thread that decodes (see BatchingEngine._side). Doubles as a warm-up: the first decode pays
-        llama.cpp's graph allocation."""
+        llama.cpp's graph allocation. 0 (no estimate) for an encoder, which never generates."""
+        if not self.generative:
+            return 0.0
         n = min(n, self.max_batch_tokens, self.context_size)  # what the batch and a slot can hold
         toks = [t % self.n_vocab for t in range(1000, 1000 + n)]
         want = [False] * (n - 1) + [True]
@@ -216,7 +174,7 @@ class LlamaCppRunner:
         cp.no_perf = True
         if embeddings:
             cp.embeddings = True
-            cp.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+            cp.pooling_type = self._pooling
         ctx = L.llama_init_from_model(self.model, cp)
         if not ctx:
             raise EngineError("llama.cpp could not create a context (out of memory?)")
@@ -224,13 +182,15 @@ class LlamaCppRunner:
 
     # -- vocabulary ----------------------------------------------------------------------------
     def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """An encoder's text is framed by its own special tokens ([CLS] ... [SEP]), as it was trained."""
         data = text.encode("utf-8")
         n_max = len(data) + 8
+        frame = not self.generative
         buf = (self.L.llama_token * n_max)()
-        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, special)
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, n_max, frame, special)
         if n < 0:
             buf = (self.L.llama_token * -n)()
-            n = self.L.llama_tokenize(self.vocab, data, len(data), buf, -n, False, special)
+            n = self.L.llama_tokenize(self.vocab, data, len(data), buf, -n, frame, special)
         return list(buf[:n])
 
     def token_bytes(self, token: int) -> bytes:
@@ -246,6 +206,8 @@ class LlamaCppRunner:
         return list(self._eog)
 
     def bos_token(self) -> int | None:
+        if not self.generative:  # tokenize() frames an encoder's input itself
+            return None
         return int(self.L.llama_vocab_bos(self.vocab)) if self.L.llama_vocab_get_add_bos(self.vocab) else None
 
     def chat_template(self) -> str | None:
@@ -316,6 +278,7 @@ class LlamaCppRunner:
 
     # -- forward -------------------------------------------------------------------------------
     def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        self._generative_only("generation")
         b = self._batch
         n = len(tokens)
         for i in range(n):
@@ -333,14 +296,15 @@ class LlamaCppRunner:
         ptr = self.L.llama_get_logits_ith(self.ctx, batch_index)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def new_sampler(self, params: SamplingParams, seed: int) -> _LlamaSampler | NumpySampler:
+    def new_sampler(self, params: SamplingParams, seed: int) -> LlamaSampler | NumpySampler:
         if params.grammar:  # llama.cpp owns the grammar state
-            return _LlamaSampler(self, params, seed)
+            return LlamaSampler(self, params, seed)
         return NumpySampler(self.logits, params, seed, self._eog)
 
     # -- KV cache ------------------------------------------------------------------------------
     def kv_remove(self, seq_id: int, from_pos: int) -> None:
-        self.L.llama_memory_seq_rm(self.mem, seq_id, from_pos, -1)
+        if self.mem:
+            self.L.llama_memory_seq_rm(self.mem, seq_id, from_pos, -1)
 
     def kv_copy(self, src: int, dst: int, n_tokens: int) -> None:
         """Give `dst` the first `n_tokens` of `src`'s KV. Across streams llama.cpp copies whole streams (at the
@@ -349,11 +313,13 @@ class LlamaCppRunner:
         self.L.llama_memory_seq_rm(self.mem, dst, n_tokens, -1)
 
     def kv_cells_used(self) -> int:
+        if not self.mem:
+            return 0
         used = sum(max(0, self.L.llama_memory_seq_pos_max(self.mem, s) + 1) for s in range(self.n_slots))
         return min(used, self.kv_capacity())
 
     def kv_capacity(self) -> int:
-        return self.context_size * self.n_slots
+        return self.context_size * self.n_slots if self.mem else 0
 
     # -- side contexts (embeddings, scoring) ----------------------------------------------------
     def _fill_single(self, batch, tokens: list[int], want_from: int) -> None:
@@ -373,9 +339,10 @@ class LlamaCppRunner:
         try:
             self._fill_single(batch, tokens, 0)
             self._decode_side(ctx, batch, adapter, "embedding")
-            vec = np.ctypeslib.as_array(L.llama_get_embeddings_seq(ctx, 0), shape=(self.n_embd,)).astype(
-                np.float64
-            )
+            ptr = L.llama_get_embeddings_seq(ctx, 0)
+            if not ptr:
+                raise EngineError("llama.cpp returned no pooled embedding")
+            vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
         finally:
             L.llama_batch_free(batch)
         norm = np.linalg.norm(vec)
@@ -394,6 +361,7 @@ class LlamaCppRunner:
                 self._apply_adapter(ctx, None)
 
     def score(self, tokens: list[int], start: int, adapter: str | None = None) -> list[float]:
+        self._generative_only("scoring")
         L = self.L
         if self._side_ctx is None:
             self._side_ctx = self._new_context(self.context_size, self.context_size, 1, embeddings=False)
@@ -417,6 +385,7 @@ class LlamaCppRunner:
         caller knows many items start with), the rest of each item's prefix, then every continuation on its
         own KV stream (see llmaas.engine.scoring). Items that do not fit a stream are scored with `score`,
         one at a time."""
+        self._generative_only("scoring")
         L = self.L
         out: list[list[list[float]]] = [[[] for _ in it.continuations] for it in items]
         batched = [i for i, it in enumerate(items) if it.fits()]
