@@ -21,6 +21,16 @@ class GGUFArch:
     tensor_shapes: dict[str, tuple[int, ...]]  # ggml order (ne0 first): a linear weight is [n_in, n_out]
     meta: dict[str, Any] = field(default_factory=dict)  # scalar metadata (arrays are skipped)
 
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's own chat template (tokenizer.chat_template), if it carries one."""
+        return self.meta.get("tokenizer.chat_template")
+
+    @property
+    def add_bos_token(self) -> bool:
+        """Whether llama.cpp prepends BOS when it tokenizes for this model."""
+        return bool(self.meta.get("tokenizer.ggml.add_bos_token", False))
+
     def get(self, key: str, default: Any = None) -> Any:
         """An architecture-scoped value: get("context_length") reads "<arch>.context_length"."""
         return self.meta.get(f"{self.architecture}.{key}", default)

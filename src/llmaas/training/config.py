@@ -24,7 +24,7 @@ class SFTConfig:
         adapter.gguf                 final adapter for llama.cpp (when `export_gguf`)
     """
 
-    base_model: str | os.PathLike[str]  # "smollm2" (bundled GGUF) or a path to a llama-architecture .gguf
+    base_model: str | os.PathLike[str]  # a bundled model ("smollm2", "gemma3-270m") or a llama/gemma3 .gguf
     output_dir: str | os.PathLike[str]
     cache_dir: str | os.PathLike[str]  # where the dequantized base model is cached across jobs
     train_examples: Sequence[dict[str, Any]]  # [{"messages": [{"role": ..., "content": ...}, ...]}, ...]

@@ -1,8 +1,9 @@
 """Chat examples -> token ids + loss mask, and deterministic micro-batches for training.
 
-Tokenization follows the serving engine: the model's chat template is rendered with each message's content
-replaced by a unique marker, template text is tokenized with special tokens parsed and content as plain text
-(so a user typing `<|im_end|>` gets text tokens, exactly as at inference time). Because every content span
+Tokenization follows the serving engine, through its own renderer (engine/chat_template.py): the model's chat
+template is rendered with each message's content replaced by a unique marker, template text is tokenized with
+special tokens parsed and content as plain text (so a user typing `<|im_end|>` gets text tokens, exactly as at
+inference time). Because every content span
 is tokenized on its own, the loss mask is exact: it covers the tokens of each assistant message's content
 plus the end-of-turn token that closes it (so the model learns to stop), and nothing of system/user turns
 or of the template's role headers. An assistant message with `"weight": 0` (OpenAI fine-tuning format)
@@ -16,14 +17,17 @@ computed and no example attends to another.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmaas.core.chat_jsonl import content_text
+from llmaas.core.errors import InvalidRequestError
+from llmaas.engine.chat_template import ChatMessage, ChatTemplate, template_for
 
 log = logging.getLogger("llmaas.training.data")
 
@@ -49,30 +53,36 @@ class Example:
 
 
 class ChatEncoder:
-    """Renders chats with a Hugging Face tokenizer's chat template into (input_ids, loss_mask)."""
+    """Renders chats into (input_ids, loss_mask) with the serving engine's chat template renderer
+    (engine/chat_template.py) and a Hugging Face tokenizer.
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None) -> None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    `chat_template` and `add_bos` are what llama.cpp serves the model with (see `for_gguf`); they default to
+    the tokenizer's own. BOS is placed like the engine does: prepended when the model wants one and the
+    template did not render it already.
+    """
 
+    def __init__(self, tokenizer: Any, chat_template: str | None = None, add_bos: bool | None = None) -> None:
         self._tok = tokenizer
         source = chat_template or getattr(tokenizer, "chat_template", None)
         if not source:
             raise ValueError("the tokenizer has no chat template")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(msg: str) -> None:
-            raise ValueError(f"chat template rejected the messages: {msg}")
-
-        env.globals["raise_exception"] = raise_exception
-        self._template = env.from_string(source)
-        self._bos_text = tokenizer.bos_token or ""
-        self._eos_text = tokenizer.eos_token or ""
+        self._template = ChatTemplate(source, tokenizer.bos_token or "", tokenizer.eos_token or "")
         vocab = tokenizer.get_vocab()
         self._end_ids = {vocab[t] for t in _END_OF_TURN if t in vocab}
         if tokenizer.eos_token_id is not None:
             self._end_ids.add(int(tokenizer.eos_token_id))
-        # Mirror llama.cpp: a BOS is prepended only when the model asks for it.
-        self._bos_id = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+        if add_bos is None:
+            add_bos = bool(getattr(tokenizer, "add_bos_token", False))
+        self._bos_id = tokenizer.bos_token_id if add_bos else None
+
+    @classmethod
+    def for_gguf(cls, tokenizer: Any, gguf_path: str | os.PathLike[str]) -> ChatEncoder:
+        """The encoder for the model the engine serves from `gguf_path`: its chat template (the GGUF's own, or
+        its architecture's) and its BOS rule."""
+        from llmaas.training.base_model import read_gguf_arch
+
+        arch = read_gguf_arch(Path(gguf_path))
+        return cls(tokenizer, template_for(arch.chat_template, arch.architecture), arch.add_bos_token)
 
     def _encode(self, text: str, special: bool) -> list[int]:
         if not text:
@@ -80,31 +90,30 @@ class ChatEncoder:
         return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=not special))
 
     def encode(self, messages: Sequence[dict[str, Any]], max_seq_len: int | None = None) -> Example:
-        markers = [f"\x00c{i}{secrets.token_hex(6)}\x00" for i in range(len(messages))]
-        rendered = [{**m, "content": k} for m, k in zip(messages, markers, strict=True)]
-        text = self._template.render(messages=rendered, add_generation_prompt=False, bos_token=self._bos_text,
-                                     eos_token=self._eos_text)
-        ids: list[int] = [] if self._bos_id is None else [int(self._bos_id)]
-        mask: list[bool] = [False] * len(ids)
+        chat = [ChatMessage(str(m.get("role")), content_text(m.get("content"), strict=False) or "")
+                for m in messages]
+        try:
+            pieces = self._template.render(chat, add_generation_prompt=False)
+        except InvalidRequestError as e:
+            raise ValueError(e.message) from None
+        ids: list[int] = []
+        mask: list[bool] = []
         pending_end = False  # the previous span was trained assistant content: its end-of-turn token is a target
-        rest = text
-        while rest:
-            hits = [(rest.find(k), i) for i, k in enumerate(markers) if k in rest]
-            pos, idx = min(hits) if hits else (len(rest), -1)
-            if pos:
-                toks = self._encode(rest[:pos], special=True)
+        for text, idx in pieces:
+            if idx is None:
+                toks = self._encode(text, special=True)
                 ids += toks
                 mask += [pending_end and j == 0 and t in self._end_ids for j, t in enumerate(toks)]
-            pending_end = False
-            if idx < 0:
-                break
+                pending_end = False
+                continue
             msg = messages[idx]
-            toks = self._encode(content_text(msg.get("content"), strict=False) or "", special=False)
             train = msg.get("role") == "assistant" and msg.get("weight", 1) != 0
+            toks = self._encode(text, special=False)
             ids += toks
             mask += [train] * len(toks)
             pending_end = train
-            rest = rest[pos + len(markers[idx]):]
+        if self._bos_id is not None and (not ids or ids[0] != self._bos_id):
+            ids, mask = [int(self._bos_id), *ids], [False, *mask]
         truncated = max_seq_len is not None and len(ids) > max_seq_len
         if truncated:
             ids, mask = ids[:max_seq_len], mask[:max_seq_len]

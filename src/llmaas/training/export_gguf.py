@@ -1,17 +1,18 @@
 """Export a PEFT LoRA adapter to a GGUF LoRA file that llama.cpp loads next to the base GGUF.
 
-Same result as llama.cpp's `convert_lora_to_gguf.py` for llama-architecture models:
-  * metadata: general.architecture = "llama", general.type = "adapter", adapter.type = "lora",
+Same result as llama.cpp's `convert_lora_to_gguf.py` for the `llama` and `gemma3` architectures:
+  * metadata: general.architecture = the base's, general.type = "adapter", adapter.type = "lora",
     adapter.lora.alpha = alpha (llama.cpp scales the update by alpha / rank, rank read from the tensors);
   * tensors: `model.layers.{i}.self_attn.q_proj` -> `blk.{i}.attn_q` (k -> attn_k, v -> attn_v,
     o -> attn_output, mlp gate/up/down -> ffn_gate/ffn_up/ffn_down), each as `<name>.weight.lora_a` and
     `<name>.weight.lora_b`;
   * shapes: PEFT's lora_A is [r, n_in] and lora_B [n_out, r] in torch (row-major) order, i.e. ggml ne
     [n_in, r] and [r, n_out], which is what llama.cpp checks; stored as F32 (or F16);
-  * the Q/K row permutation: llama.cpp's HF converter stores q_proj/k_proj with their output rows permuted
-    (`LlamaModel.permute`, rotate-half RoPE pairs -> interleaved pairs). The LoRA update B @ A lives in the
-    same output space, so B's rows get the same permutation (with n_head for Q, n_head_kv for K); A is
-    untouched.
+  * the Q/K row permutation, llama only: llama.cpp's HF converter stores a llama model's q_proj/k_proj with
+    their output rows permuted (`LlamaModel.permute`, rotate-half RoPE pairs -> interleaved pairs). The LoRA
+    update B @ A lives in the same output space, so B's rows get the same permutation (with n_head for Q,
+    n_head_kv for K); A is untouched. Gemma 3's converter (`Gemma3Model`, a plain TextModel) permutes nothing:
+    llama.cpp runs NEOX-style RoPE on it, on the rows as Hugging Face stores them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from llmaas.training.lora_gguf import GGUF_NAMES, write_adapter
 log = logging.getLogger("llmaas.training.export")
 
 # PEFT names: [base_model.model.]model.layers.{i}.{module}.lora_{A|B}[.{adapter}].weight
+# The architectures whose block tensors GGUF_NAMES covers -> whether llama.cpp's converter permutes Q/K rows.
+PERMUTES_QK = {"llama": True, "gemma3": False}
 _LORA_NAME = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
 
@@ -71,8 +74,10 @@ def export_lora_gguf(adapter: str | os.PathLike[str] | Mapping[str, Any], base_g
     """
     base_gguf_path, out_path = Path(base_gguf_path), Path(out_path)
     arch = read_gguf_arch(base_gguf_path)
-    if arch.architecture != "llama":
-        raise NotImplementedError(f"LoRA export supports llama-architecture models, not {arch.architecture!r}")
+    if arch.architecture not in PERMUTES_QK:
+        raise NotImplementedError(f"LoRA export supports the {', '.join(PERMUTES_QK)} architectures, "
+                                  f"not {arch.architecture!r}")
+    permute = PERMUTES_QK[arch.architecture]
     tensors, config = _load_adapter(adapter)
     if alpha is None:
         if "lora_alpha" not in config:
@@ -101,9 +106,9 @@ def export_lora_gguf(adapter: str | os.PathLike[str] | Mapping[str, Any], base_g
         n_in, n_out = arch.tensor_shapes[gname]
         if a.shape[1] != n_in or b.shape[0] != n_out or a.shape[0] != b.shape[1]:
             raise ValueError(f"{gname}: LoRA shapes A{a.shape} B{b.shape} do not fit base [{n_out}, {n_in}]")
-        if gname.endswith(".attn_q.weight"):
+        if permute and gname.endswith(".attn_q.weight"):
             b = permute_rows(b, arch.n_head, arch.n_head)
-        elif gname.endswith(".attn_k.weight"):
+        elif permute and gname.endswith(".attn_k.weight"):
             b = permute_rows(b, arch.n_head, arch.n_head_kv)
         ranks.add(a.shape[0])
         np_dtype = np.float16 if dtype == "f16" else np.float32

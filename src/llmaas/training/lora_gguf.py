@@ -25,7 +25,7 @@ import numpy as np
 from llmaas.core.model_files import bundled_gguf
 from llmaas.training.base_model import read_gguf_arch
 
-# Hugging Face module names of a llama-architecture block -> llama.cpp's tensor names.
+# Hugging Face module names of a llama or gemma3 block -> llama.cpp's tensor names (the same for both).
 GGUF_NAMES = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",

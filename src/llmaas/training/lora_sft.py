@@ -3,7 +3,8 @@
 Where the time goes, and what this loop does about it (CPU):
   * padding-free micro-batches (data.py "flatten") with per-example causal attention (attention.py);
   * the LM head + cross-entropy run only on the loss positions, chunked, with the gradient computed in the
-    forward pass (loss.py) instead of [tokens, 49152] logits for every token;
+    forward pass (loss.py) instead of [tokens, vocab] logits for every token (49152 wide for SmolLM2,
+    262144 for Gemma 3, where the head is most of a step's work);
   * no Trainer machinery: one Python loop, AdamW(foreach) on the LoRA parameters only.
 Determinism: the data order is a pure function of (seed, epoch); a checkpoint holds the LoRA weights, optimizer,
 scheduler and RNG states and the step, so a resumed run continues the very same sequence of updates.
@@ -103,13 +104,14 @@ def load_model(base_dir: Path, config: SFTConfig) -> Any:
 
 def forward_loss(model: Any, batch: Batch, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of target-token losses, top-1 hits) of one micro-batch through the PEFT `model`."""
-    lm = model.get_base_model()  # LlamaForCausalLM, LoRA layers injected in place
+    lm = model.get_base_model()  # LlamaForCausalLM / Gemma3ForCausalLM, LoRA layers injected in place
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
         hidden = lm.model(input_ids=batch.input_ids, position_ids=batch.position_ids, seq_lens=batch.seq_lens,
                           use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.pred_index)
-    return frozen_head_cross_entropy(hidden, lm.get_output_embeddings().weight, batch.targets)
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    return frozen_head_cross_entropy(hidden, lm.get_output_embeddings().weight, batch.targets, softcap)
 
 
 @torch.no_grad()
@@ -177,7 +179,7 @@ def _train(cfg: SFTConfig, hooks: TrainHooks) -> SFTResult:
     with _heartbeat_while_blocked(hooks):
         base_dir = resolve_base(gguf_path, cfg.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
-    encoder = ChatEncoder(tokenizer)
+    encoder = ChatEncoder.for_gguf(tokenizer, gguf_path)
     train_ex, train_stats = encode_examples(encoder, cfg.train_examples, cfg.max_seq_len, hooks.heartbeat)
     valid_ex, valid_stats = encode_examples(encoder, cfg.valid_examples or [], cfg.max_seq_len, hooks.heartbeat)
     if not train_ex:

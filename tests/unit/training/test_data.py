@@ -136,6 +136,51 @@ def test_varlen_attention_equals_separate_examples():
         s += n
 
 
+def test_varlen_attention_sliding_window():
+    """Gemma 3's local layers: a query sees itself and the `window - 1` tokens before it (transformers' and
+    llama.cpp's masks); examples no longer than the window are plain causal."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from llmaas.training.attention import _varlen_sdpa
+
+    class Module:
+        num_key_value_groups = 1
+
+    torch.manual_seed(0)
+    lens, window = [7, 3, 12], 4
+    q, k, v = torch.randn(1, 2, 22, 8), torch.randn(1, 2, 22, 8), torch.randn(1, 2, 22, 8)
+    out, _ = _varlen_sdpa(Module(), q, k, v, None, seq_lens=lens, sliding_window=window)
+    s = 0
+    for n in lens:
+        i = torch.arange(n)
+        allowed = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+        ref = sdpa(q[:, :, s:s + n], k[:, :, s:s + n], v[:, :, s:s + n], attn_mask=allowed)
+        torch.testing.assert_close(out[:, s:s + n], ref.transpose(1, 2))
+        s += n
+    full, _ = _varlen_sdpa(Module(), q, k, v, None, seq_lens=lens)
+    torch.testing.assert_close(out[:, 7:10], full[:, 7:10])  # 3 tokens: the window changes nothing
+    assert not torch.allclose(out[:, :7], full[:, :7])
+
+
+def test_frozen_head_loss_with_logit_softcapping():
+    from llmaas.training.loss import frozen_head_cross_entropy
+
+    torch.manual_seed(1)
+    hidden = torch.randn(9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 16, dtype=torch.float64) * 3
+    targets = torch.randint(0, 40, (9,))
+    loss, correct = frozen_head_cross_entropy(hidden, weight, targets, softcap=5.0)
+    loss.backward()
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    logits = 5.0 * torch.tanh(hidden @ weight.t() / 5.0)
+    ref = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(loss, ref.float(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grad, hidden.grad, rtol=1e-4, atol=1e-6)  # the logits are float32 inside
+    assert int(correct) == int((logits.argmax(-1) == targets).sum())
+
+
 def test_frozen_head_loss_matches_cross_entropy():
     from llmaas.training.loss import frozen_head_cross_entropy
 

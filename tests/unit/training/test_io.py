@@ -48,6 +48,43 @@ def test_read_gguf_arch():
     assert arch.tensor_shapes["blk.0.attn_k.weight"] == (576, 192)  # ggml order: [n_in, n_out]
 
 
+def gemma_gguf() -> Path:
+    from llmaas.core.model_files import ModelPackageMissingError
+
+    try:
+        return resolve_gguf("gemma3-270m")
+    except ModelPackageMissingError as e:
+        pytest.skip(str(e))
+
+
+def test_read_gguf_arch_gemma():
+    arch = read_gguf_arch(gemma_gguf())
+    assert (arch.architecture, arch.n_layer, arch.n_head, arch.n_head_kv) == ("gemma3", 18, 4, 1)
+    assert arch.tensor_shapes["blk.0.attn_q.weight"] == (640, 1024)  # 4 heads of 256
+    assert arch.add_bos_token and arch.chat_template is None  # served with engine/chat_template.py's GEMMA
+
+
+def test_export_gemma3_keeps_q_k_rows_as_they_are(tmp_path: Path):
+    """llama.cpp's Gemma 3 converter stores q/k unpermuted (no LlamaModel.permute), so B goes over verbatim."""
+    g = torch.Generator().manual_seed(2)
+    shapes = {"self_attn.q_proj": (1024, 640), "self_attn.k_proj": (256, 640), "mlp.down_proj": (640, 2048)}
+    sd = {}
+    for mod, (n_out, n_in) in shapes.items():
+        p = f"base_model.model.model.layers.17.{mod}"
+        sd[f"{p}.lora_A.weight"] = torch.randn(4, n_in, generator=g)
+        sd[f"{p}.lora_B.weight"] = torch.randn(n_out, 4, generator=g)
+    out = export_lora_gguf(sd, gemma_gguf(), tmp_path / "g.gguf", alpha=8.0)
+    reader = gguf.GGUFReader(str(out))
+    assert reader.get_field("general.architecture").contents() == "gemma3"
+    tensors = {t.name: t for t in reader.tensors}
+    for mod, (n_out, _) in shapes.items():
+        gg = f"blk.17.{GGUF_NAME[mod]}.weight.lora_b"
+        b = sd[f"base_model.model.model.layers.17.{mod}.lora_B.weight"]
+        np.testing.assert_array_equal(np.asarray(tensors[gg].data).reshape(n_out, 4), b.numpy())
+    with pytest.raises(ValueError, match="no counterpart"):
+        export_lora_gguf(random_adapter(layers=(18,)), gemma_gguf(), tmp_path / "h.gguf", alpha=1.0)
+
+
 def test_export_matches_llama_cpp_conventions(tmp_path: Path):
     sd = random_adapter()
     out = export_lora_gguf(sd, resolve_gguf("smollm2"), tmp_path / "a.gguf", alpha=8.0)

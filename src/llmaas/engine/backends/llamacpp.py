@@ -28,6 +28,7 @@ import numpy as np
 from llmaas.core.errors import EngineError, InvalidRequestError
 from llmaas.core.model_files import ModelPackageMissingError, gguf_path, model_id_for
 from llmaas.engine.backends.llamacpp_sampler import LlamaSampler
+from llmaas.engine.chat_template import template_for
 from llmaas.engine.model_runner import log_softmax
 from llmaas.engine.sampling import NumpySampler
 from llmaas.engine.scoring import (
@@ -212,7 +213,12 @@ class LlamaCppRunner:
 
     def chat_template(self) -> str | None:
         t = self.L.llama_model_chat_template(self.model, None)
-        return t.decode("utf-8") if t else None
+        return template_for(t.decode("utf-8") if t else None, self._meta("general.architecture"))
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self.L.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def special_token_text(self, name: str) -> str:
         tok = self.L.llama_vocab_bos(self.vocab) if name == "bos" else self.L.llama_vocab_eos(self.vocab)
