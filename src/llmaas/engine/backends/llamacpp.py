@@ -47,6 +47,12 @@ from llmaas.engine.types import EMBEDDINGS_ONLY, GENERATIVE, SamplingParams
 log = logging.getLogger("llmaas.engine.llamacpp")
 
 _LOG_CALLBACK = None  # keep the ctypes callback alive for the process lifetime
+# llama.cpp warnings that say nothing an operator should act on, printed at every load:
+_BENIGN = (
+    "n_ctx_seq",  # the KV cache is n_slots x context cells; each sequence stays within context_size
+    "using full-size SWA cache",  # Gemma: sliding-window layers keep full-size caches with several sequences
+    "control-looking token",  # Gemma's GGUF marks '</s>' as a normal token; llama.cpp fixes the type itself
+)
 
 
 def resolve_model(spec: str) -> tuple[str, Path]:
@@ -71,9 +77,7 @@ def _quiet_llama_logs() -> None:
     @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     def _cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         msg = text.decode("utf-8", "replace").rstrip()
-        # The KV cache is n_slots x context cells; each sequence stays within context_size,
-        # so llama.cpp's "n_ctx_seq > n_ctx_train" warning does not apply.
-        if level in (3, 4) and "n_ctx_seq" not in msg:  # GGML_LOG_LEVEL_WARN, _ERROR
+        if level in (3, 4) and not any(b in msg for b in _BENIGN):  # GGML_LOG_LEVEL_WARN, _ERROR
             log.warning("llama.cpp: %s", msg)
 
     _LOG_CALLBACK = _cb
