@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
+from finetune_quality import ADMIN_KEY, start_server
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 RESULTS = ROOT / "bench" / "results"
-ADMIN_KEY = "sk-llmaas-bench-embeddings-0000000000000"
 MODELS = ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2")
 
 
@@ -61,26 +58,6 @@ def retrieval(queries: np.ndarray, q_labels: list[str], corpus: np.ndarray, c_la
             f"knn{k}_accuracy": float(np.mean([v == q for v, q in zip(votes, q_labels, strict=True)]))}
 
 
-def start_server(data_dir: Path, port: int, threads: int | None) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "LLMAAS_ADMIN_KEY": ADMIN_KEY}
-    cmd = [sys.executable, "-m", "llmaas.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-           "--model", "smollm2", "--model", "all-minilm-l6-v2", "--max-seqs", "4", "--workers", "0",
-           "--log-level", "warning", *(["--threads", str(threads)] if threads else [])]
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited; see {data_dir / 'server.log'}")
-        time.sleep(0.5)
-    raise SystemExit("server not ready")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="bbc_news,rotten_tomatoes", help="folders of data/ with labelled rows")
@@ -97,7 +74,9 @@ def main() -> None:
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_server(Path(tempfile.mkdtemp(prefix="llmaas-embq-")), args.port, args.threads)
+        proc, url = start_server(Path(tempfile.mkdtemp(prefix="llmaas-embq-")), args.port, args.threads,
+                                 serve_args=("--model", "smollm2", "--model", "all-minilm-l6-v2", "--max-seqs", "4",
+                                             "--workers", "0"), cwd=ROOT)
     client = OpenAI(base_url=f"{url}/v1", api_key=args.admin_key, timeout=600, max_retries=0)
     results: dict[str, dict] = {}
     try:

@@ -116,15 +116,16 @@ def new_tenant(url: str, admin_key: str = ADMIN_KEY) -> tuple[str, OpenAI]:
     return key, OpenAI(base_url=f"{url}/v1", api_key=key, timeout=300)
 
 
-def start_server(data_dir: Path, port: int, threads: int | None, env: dict[str, str] | None = None
-                 ) -> tuple[object, str]:
+def start_server(data_dir: Path, port: int, threads: int | None, env: dict[str, str] | None = None,
+                 serve_args: tuple[str, ...] = ("--max-seqs", "16"), cwd: Path | None = None) -> tuple[object, str]:
+    """A `llmaas serve` of its own (admin key ADMIN_KEY), once /ready answers: (process, base URL)."""
     import subprocess
 
     env = {**os.environ, "LLMAAS_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     cmd = [sys.executable, "-m", "llmaas.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-           "--max-seqs", "16", "--log-level", "warning", *(["--threads", str(threads)] if threads else [])]
+           *serve_args, "--log-level", "warning", *(["--threads", str(threads)] if threads else [])]
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
