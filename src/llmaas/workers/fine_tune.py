@@ -23,7 +23,7 @@ from llmaas.control.db.models import JobCheckpoint, TenantModel
 from llmaas.control.jobs.evals import enqueue as enqueue_eval
 from llmaas.core.chat_jsonl import read_examples
 from llmaas.core.errors import LlmaasError
-from llmaas.core.model_files import bundled
+from llmaas.core.gguf_header import read_gguf_arch
 from llmaas.workers.context import JobContext, JobFailed, model_spec
 
 log = logging.getLogger("llmaas.worker.fine_tune")
@@ -45,18 +45,18 @@ class AutoDefaults:
 # markers). Measured on 200 rotten_tomatoes rows, one epoch (25 steps, batch 8): at 2e-4 the validation loss only
 # fell to 2.3 (token accuracy 38%), at 1e-3 to 0.29 (92%). Its steps cost ~2-3x SmolLM2's (262k-token head), and
 # at that LR fewer passes suffice, so fewer examples are seen.
-AUTO_DEFAULTS = {"gemma3-270m": AutoDefaults(base_lr=1e-3, examples_seen=1000, max_epochs=5)}
+AUTO_DEFAULTS = {"gemma3": AutoDefaults(base_lr=1e-3, examples_seen=1000, max_epochs=5)}
 
 
-def auto_defaults(model_spec: str) -> AutoDefaults:
-    """The 'auto' defaults of a base model (by its bundled spec), or the general ones."""
-    return AUTO_DEFAULTS.get(model_spec, AutoDefaults())
+def auto_defaults(architecture: str) -> AutoDefaults:
+    """The 'auto' defaults for a base model's architecture (as its GGUF names it), or the general ones."""
+    return AUTO_DEFAULTS.get(architecture, AutoDefaults())
 
 
-def auto_hyperparameters(hp: dict, n_examples: int, model_spec: str = "smollm2") -> dict:
+def auto_hyperparameters(hp: dict, n_examples: int, architecture: str = "llama") -> dict:
     """OpenAI-like 'auto': enough epochs that small sets are seen a model-dependent number of times over in total
     examples, capped; batch size by data size; multiplier 1."""
-    d = auto_defaults(model_spec)
+    d = auto_defaults(architecture)
     n_epochs = hp["n_epochs"] if hp["n_epochs"] != "auto" else max(
         1, min(d.max_epochs, math.ceil(d.examples_seen / max(1, n_examples))))
     batch = hp["batch_size"] if hp["batch_size"] != "auto" else (8 if n_examples >= 64 else max(1, n_examples // 8))
@@ -84,11 +84,10 @@ def run_fine_tune(ctx: JobContext) -> None:
     train_rows = _examples(ctx, spec["training_file"], "training_file")
     valid_rows = _examples(ctx, spec["validation_file"], "validation_file") if spec.get("validation_file") else None
     base_spec = model_spec(ctx.queue.db, ctx.settings, spec["model"])
-    b = bundled(base_spec)
-    spec_name = b.spec if b is not None else str(base_spec)
-    hp = auto_hyperparameters(spec["hyperparameters"], len(train_rows), spec_name)
-    ctx.state.update(hyperparameters=hp)
     base_gguf = resolve_gguf(base_spec)
+    arch = read_gguf_arch(base_gguf).architecture
+    hp = auto_hyperparameters(spec["hyperparameters"], len(train_rows), arch)
+    ctx.state.update(hyperparameters=hp)
     work = ctx.settings.artifact_dir / "jobs" / job.id
     adapters = ctx.settings.artifact_dir / "adapters" / job.id
     adapters.mkdir(parents=True, exist_ok=True)
@@ -148,7 +147,7 @@ def run_fine_tune(ctx: JobContext) -> None:
     config = SFTConfig(
         base_model=base_spec, output_dir=work, cache_dir=ctx.settings.data_dir / "models",
         train_examples=train_rows, valid_examples=valid_rows, n_epochs=hp["n_epochs"], batch_size=hp["batch_size"],
-        learning_rate=auto_defaults(spec_name).base_lr * hp["learning_rate_multiplier"], lora_r=int(lora["rank"]),
+        learning_rate=auto_defaults(arch).base_lr * hp["learning_rate_multiplier"], lora_r=int(lora["rank"]),
         lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]), target_modules=lora["target_modules"],
         seed=int(spec["seed"]), checkpoint_every=ctx.settings.checkpoint_every
         or _checkpoint_every(len(train_rows), hp), resume_from=resume, export_gguf=True,

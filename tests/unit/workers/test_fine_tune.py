@@ -9,11 +9,11 @@ AUTO = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "a
 
 def test_auto_hyperparameters_general_and_gemma():
     assert auto_hyperparameters(AUTO, 300) == {"n_epochs": 7, "batch_size": 8, "learning_rate_multiplier": 1.0}
-    assert auto_hyperparameters(AUTO, 300, "gemma3-270m")["n_epochs"] == 4
-    assert auto_hyperparameters(AUTO, 50, "gemma3-270m") == {"n_epochs": 5, "batch_size": 6,
+    assert auto_hyperparameters(AUTO, 300, "gemma3")["n_epochs"] == 4
+    assert auto_hyperparameters(AUTO, 50, "gemma3") == {"n_epochs": 5, "batch_size": 6,
                                                               "learning_rate_multiplier": 1.0}
-    assert auto_hyperparameters(AUTO, 5000, "gemma3-270m")["n_epochs"] == 1
-    assert auto_defaults("smollm2").base_lr == BASE_LR and auto_defaults("/models/x.gguf").base_lr == BASE_LR
-    assert auto_defaults("gemma3-270m").base_lr == 1e-3
+    assert auto_hyperparameters(AUTO, 5000, "gemma3")["n_epochs"] == 1
+    assert auto_defaults("llama").base_lr == BASE_LR and auto_defaults("qwen2").base_lr == BASE_LR
+    assert auto_defaults("gemma3").base_lr == 1e-3
     given = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}
-    assert auto_hyperparameters(given, 300, "gemma3-270m") == given
+    assert auto_hyperparameters(given, 300, "gemma3") == given
