@@ -163,7 +163,8 @@ def run_model(client: OpenAI, model: str, base_eval: str, job_id: str | APIError
         out["job"] = {"id": job.id, "status": job.status, "fine_tuned_model": job.fine_tuned_model,
                       "hyperparameters": job.hyperparameters.model_dump() if job.hyperparameters else None,
                       "trained_tokens": job.trained_tokens, "error": job.error.message if job.error else None,
-                      "wall_s": time.monotonic() - t0}
+                      # the server's own clock: from creation (queue included) to the end, however late we look
+                      "wall_s": float((job.finished_at or time.time()) - job.created_at)}
     base = wait_eval(client, base_eval, timeout_s)
     out["base"] = {"eval_id": base_eval, "status": base["status"], "metrics": eval_metrics(base, model)}
     if job is not None and job.status == "succeeded":
@@ -187,7 +188,7 @@ def report(results: list[dict[str, Any]], base_line: dict[str, Any], multilingua
     """The printed table and the target verdict (None when no multilingual model was fine-tuned)."""
     width = max(12, *(len(r["model"]) for r in results)) + 2
     lines = [f"{'model':<{width}}{'base macro-F1':>15}{'fine-tuned macro-F1':>21}{'lift':>9}"
-             f"{'vs baseline':>13}{'job s':>8}"]
+             f"{'vs baseline':>13}{'job s':>8}"]  # job s: creation to end, queue included
     verdicts = []
     for r in results:
         b, f = f1_of(r.get("base")), f1_of(r.get("fine_tuned"))
