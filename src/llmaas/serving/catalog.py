@@ -22,6 +22,7 @@ from llmaas.core.metrics import EngineMetrics
 from llmaas.core.model_files import CAPABILITIES, ModelPackageMissingError, bundled, gguf_path
 from llmaas.engine.client import EngineClient
 from llmaas.engine.factory import build_engine
+from llmaas.serving.models import engine_capabilities
 
 log = logging.getLogger("llmaas.catalog")
 
@@ -93,34 +94,39 @@ class ModelLoader:
         return self.settings.model_copy(update={"context_size": e.context_length or self.settings.context_size,
                                                 "max_seqs": e.max_seqs or self.settings.max_seqs})
 
-    def check_memory(self, e: Entry, path: Path) -> None:
+    def check_memory(self, e: Entry, path: Path) -> int:
+        """The bytes loading `e` needs; InsufficientMemoryError if that is more than is left."""
         s = self.settings_for(e)
         need = estimate_model_bytes(path, n_slots=s.max_seqs, context_size=s.context_size)
         avail = available_bytes()
-        if avail is None:
-            return
-        left = avail - sum(self._reserved.values())
-        if need.total > left:
+        left = None if avail is None else avail - sum(self._reserved.values())
+        if left is not None and need.total > left:
             raise InsufficientMemoryError(
                 f"Model '{e.id}' does not fit in memory: it needs about {gib(need.total)} (weights "
                 f"{gib(need.weights)}, KV cache {gib(need.kv_cache)} for {s.max_seqs} sequences x {s.context_size} "
                 f"tokens) and {gib(max(left, 0))} is available. Lower its max_seqs or context_length, or unload "
                 "another model.", param="model")
+        return need.total
 
     async def load(self, e: Entry) -> ModelState:
         """Start loading `e` in the background (a no-op if it is loaded or loading); memory is checked first."""
-        st = self.states.get(e.id)
-        if st is not None and st.status in ("loading", "ready"):
-            return st
-        if st is not None and st.status == "unloading":
+        before = self.states.get(e.id)
+        if before is not None and before.status in ("loading", "ready"):
+            return before
+        if before is not None and before.status == "unloading":
             raise ModelNotReadyError(e.id, "unloading")
-        path = await asyncio.to_thread(source_path, e.source_type, e.source)
-        await asyncio.to_thread(self.check_memory, e, path)
-        s = self.settings_for(e)
-        self._reserved[e.id] = (await asyncio.to_thread(estimate_model_bytes, path, n_slots=s.max_seqs,
-                                                        context_size=s.context_size)).total
+        # Marked loading before the checks: a second load of the same model meanwhile is a no-op, not a twin.
         st = self.states[e.id] = ModelState("loading", since=time.time())
-        self._tasks[e.id] = asyncio.create_task(self._load(e, str(path), s), name=f"load {e.id}")
+        try:
+            path = await asyncio.to_thread(source_path, e.source_type, e.source)
+            self._reserved[e.id] = await asyncio.to_thread(self.check_memory, e, path)
+        except BaseException:
+            if before is None:
+                self.states.pop(e.id, None)
+            else:
+                self.states[e.id] = before
+            raise
+        self._tasks[e.id] = asyncio.create_task(self._load(e, str(path), self.settings_for(e)), name=f"load {e.id}")
         return st
 
     async def _load(self, e: Entry, spec: str, s: Settings) -> None:
@@ -193,9 +199,7 @@ class ModelLoader:
                 spec = specs[i] if i < len(specs) else specs[0]
                 b = bundled(spec)
                 source_type, source = ("package", b.spec) if b else ("gguf_path", str(Path(spec).resolve()))
-                caps = self.engines[model_id].info.capabilities
-                if "completions" in caps:  # a causal LM: LoRA fine-tuning applies to it
-                    caps = (*caps, "fine_tuning")
+                caps = engine_capabilities(self.engines[model_id])
                 self.catalog.register(s, None, id=model_id, source_type=source_type, source=source,
                                       description=b.description if b else "", capabilities=list(caps))
 

@@ -53,6 +53,12 @@ class Unmetered:
 AnyTicket = Ticket | Unmetered
 
 
+def engine_capabilities(engine: EngineClient) -> tuple[str, ...]:
+    """What a loaded model can do: what its engine reports, plus LoRA fine-tuning for a causal LM."""
+    caps = engine.info.capabilities
+    return (*caps, "fine_tuning") if "completions" in caps else caps
+
+
 class ServedModels:
     """The engines (keyed by model id), the control plane (None with auth disabled) and the loader that adds
     and removes engines at run time (None when the model set is fixed, as in unit tests)."""
@@ -76,9 +82,7 @@ class ServedModels:
         entry = self.control.models.entry(base) if self.control is not None else None
         engine = self.engines.get(base)
         if entry is not None:  # what the admin declared, within what the loaded model can do
-            can = () if engine is None else (*engine.info.capabilities, "fine_tuning") \
-                if "completions" in engine.info.capabilities else engine.info.capabilities
-            caps = tuple(c for c in entry.capabilities if engine is None or c in can)
+            caps = tuple(c for c in entry.capabilities if engine is None or c in engine_capabilities(engine))
         else:
             caps = engine.info.capabilities if engine is not None else ()
         return tuple(c for c in caps if c != "fine_tuning") if model != base else caps

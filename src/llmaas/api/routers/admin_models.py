@@ -10,6 +10,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.control.auth.principal import Context
 from llmaas.control.billing.catalog import price_dict
 from llmaas.control.model_catalog import Entry
 from llmaas.control.paging import page
@@ -40,14 +41,15 @@ def _model_out(request: Request, cp: ControlPlane, s, e: Entry) -> dict:
     engine = loader.engines.get(e.id)
     if engine is not None:
         out["loaded"] = {"context_length": engine.info.context_size, "max_seqs": engine.info.n_slots}
-    price = price_dict(cp.catalog.get(s, e.id)) if cp.catalog.has(s, e.id) else None
+    p = cp.catalog.find(s, e.id)
+    price = price_dict(p) if p is not None else None
     out.update({k: price[k] if price else None for k in _PRICES})
     return out
 
 
 def _set_prices(cp: ControlPlane, s, ctx, model: str, body: ModelRegister | ModelUpdate | PriceSet) -> None:
     sent = {k: str(v) for k, v in body.model_dump(include=set(_PRICES), exclude_none=True).items()}
-    if sent or not cp.catalog.has(s, model):
+    if sent or cp.catalog.find(s, model) is None:
         cp.catalog.set_price(s, ctx, model, **sent)
 
 
@@ -87,9 +89,8 @@ async def register_model(body: ModelRegister, request: Request, ctx: CurrentCont
     if body.load:
         try:
             await _loader(request).load(e)
-        except Exception:
-            with cp.db.session() as s:  # a load refused up front (memory) leaves the entry, not marked to load
-                e = cp.models.update(s, None, e.id, load_at_start=False)
+        except Exception:  # a load refused up front (memory) leaves the entry, not marked to load
+            await asyncio.to_thread(_mark, cp, None, e.id, False)
             raise
     return await asyncio.to_thread(_out, request, cp, e.id)
 
@@ -104,8 +105,8 @@ def get_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
     with cp.db.session() as s:
-        if cp.models.entry(model) is None and cp.catalog.has(s, model):
-            return price_dict(cp.catalog.get(s, model))  # a price for a model that is not in the catalog
+        if cp.models.entry(model) is None and (p := cp.catalog.find(s, model)) is not None:
+            return price_dict(p)  # a price for a model that is not in the catalog
         return _model_out(request, cp, s, Entry.of(cp.models.get(s, model)))
 
 
@@ -174,7 +175,7 @@ def _get_row(cp: ControlPlane, model: str) -> Entry:
         return Entry.of(cp.models.get(s, model))
 
 
-def _mark(cp: ControlPlane, ctx, model: str, load_at_start: bool) -> None:
+def _mark(cp: ControlPlane, ctx: Context | None, model: str, load_at_start: bool) -> None:
     """Loaded or unloaded: the server comes back the same way after a restart."""
     with cp.db.session() as s:
         cp.models.update(s, ctx, model, load_at_start=load_at_start)

@@ -65,8 +65,8 @@ class Catalog:
     def list(self, s: Session) -> list[ModelPrice]:
         return list(s.scalars(select(ModelPrice).order_by(ModelPrice.model)))
 
-    def has(self, s: Session, model: str) -> bool:
-        return s.get(ModelPrice, model) is not None
+    def find(self, s: Session, model: str) -> ModelPrice | None:
+        return s.get(ModelPrice, model)
 
     def remove(self, s: Session, model: str) -> None:
         """Drop a deleted model's price (usage already recorded keeps its cost)."""
