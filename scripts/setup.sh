@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything llmaas needs in ./.venv (idempotent; re-running is fast).
 #   bash scripts/setup.sh          runtime only
-#   bash scripts/setup.sh test     runtime + test tools
+#   bash scripts/setup.sh test     runtime + test tools (Ray included)
+#   bash scripts/setup.sh ray      runtime + Ray Serve (llmaas serve --ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -32,8 +33,8 @@ fi
 
 # torch first, pinned: it comes from the machine's local CPU build; nothing later may pull another one.
 python -m pip install -q "torch==2.13.0" 2>&1 | grep -v -i "warning" || true
-if [ "$extra" = "test" ]; then
-  python -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning" || true
+if [ "$extra" = "test" ] || [ "$extra" = "ray" ]; then
+  python -m pip install -q -e ".[$extra]" 2>&1 | grep -v -i "warning" || true
 else
   python -m pip install -q -e . 2>&1 | grep -v -i "warning" || true
 fi

@@ -18,6 +18,7 @@ from llmaas.api.metrics_auth import MetricsAuthMiddleware
 from llmaas.api.middleware import RequestIdMiddleware
 from llmaas.api.routers import (
     admin,
+    admin_deployments,
     admin_models,
     chat,
     completions,
@@ -35,6 +36,7 @@ from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
 from llmaas.engine.client import EngineClient
 from llmaas.serving.catalog import ModelLoader
+from llmaas.serving.deployments import Cluster, LocalDeployments
 from llmaas.serving.models import ServedModels
 
 log = logging.getLogger("llmaas")
@@ -44,14 +46,18 @@ def create_app(
     settings: Settings,
     engines: dict[str, EngineClient] | None = None,
     engine_metrics: EngineMetrics | None = None,
+    *,
+    cluster: Cluster | None = None,
 ) -> FastAPI:
-    """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with)."""
+    """Build the app. Tests inject `engines` (and the `engine_metrics` they were built with). With `cluster`
+    (Ray mode) the engines run in the cluster's replicas and this process only routes to them."""
     engine_metrics = engine_metrics or EngineMetrics(CollectorRegistry())
-    control_metrics = ControlMetrics(engine_metrics.registry, tenant_labels=settings.metrics_tenant_labels)
+    registry = cluster.registry if cluster is not None else engine_metrics.registry
+    control_metrics = ControlMetrics(registry, tenant_labels=settings.metrics_tenant_labels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if engines is None:
+        if engines is None and cluster is None:
             from llmaas.engine.factory import build_engines
 
             app.state.engines = build_engines(settings, engine_metrics)
@@ -60,13 +66,18 @@ def create_app(
         else:
             log.warning("auth is disabled (LLMAAS_AUTH=false): no API keys, limits or metering")
         cp = app.state.control
-        loader = ModelLoader(settings, app.state.engines, engine_metrics, cp.models if cp else None)
+        loader = ModelLoader(settings, app.state.engines, engine_metrics, cp.models if cp else None,
+                             cluster.host() if cluster is not None else None)
         app.state.served = ServedModels(app.state.engines, cp, loader)
+        app.state.deployments = (cluster.deployments(loader) if cluster is not None
+                                 else LocalDeployments(settings, loader))
         for e in app.state.engines.values():
             await e.start()
             log.info("model %s ready (context %d, %d sequence slots)", e.info.model_id,
                      e.info.context_size, e.info.n_slots)
-        if cp is not None:
+        if cluster is not None:
+            await cluster.start(loader)
+        elif cp is not None:
             await loader.start_catalog(settings.models if engines is None else [])
         # Everything loaded so far lives as long as the process: move it out of the collector's sight.
         # Full collections over it paused the event loop for 70-140 ms (every request waited, /health too).
@@ -75,6 +86,8 @@ def create_app(
         try:
             yield
         finally:
+            if cluster is not None:
+                await cluster.close()
             await loader.close()
             if app.state.control is not None:
                 await app.state.control.close()  # flushes metering: no usage record is lost on a clean stop
@@ -82,11 +95,12 @@ def create_app(
     app = FastAPI(title="llmaas", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible LLM-as-a-Service")
     app.state.settings = settings
-    app.state.registry = engine_metrics.registry
+    app.state.registry = registry
     app.state.engine_metrics = engine_metrics
     app.state.engines = engines or {}
     app.state.control = None
     app.state.served = ServedModels(app.state.engines, None)  # replaced once the lifespan has built both
+    app.state.deployments = None
     install_error_handlers(app)
     # Starlette runs the last-added middleware first: proxy headers, then the request id, then the guard, so
     # even a refused body answers with an x-request-id.
@@ -97,6 +111,6 @@ def create_app(
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
               files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router,
-              admin_models.router):
+              admin_models.router, admin_deployments.router):
         app.include_router(r)
     return app

@@ -9,13 +9,17 @@ from typing import Annotated
 import typer
 
 from llmaas.cli.admin import admin_app
+from llmaas.cli.deployments import deployments_app
 from llmaas.cli.eval import eval_app
 from llmaas.cli.models import models_app
+from llmaas.cli.ray import ray_app
 
 app = typer.Typer(help="llmaas: a self-hostable LLM-as-a-Service platform.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(models_app, name="models")
+admin_app.add_typer(deployments_app, name="deployments")
 app.add_typer(eval_app, name="eval")
+app.add_typer(ray_app, name="ray")
 
 
 @app.callback()
@@ -63,6 +67,10 @@ def serve(
                                       "server; 0 to run `llmaas worker` yourself. (env LLMAAS_WORKERS; default 1)")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error. (default info)")] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run as a Ray Serve application: an ingress and autoscaled engine replicas per model, on a "
+                      "local Ray or the cluster at RAY_ADDRESS. Needs PostgreSQL (LLMAAS_DATABASE_URL), Redis "
+                      "(LLMAAS_REDIS_URL) and a data dir every node mounts; pip install 'llmaas[ray]'.")] = False,
 ) -> None:
     """Run the OpenAI-compatible API server (http://HOST:PORT/v1, docs at /docs, metrics at /metrics)
     and, in embedded mode, its fine-tuning and eval workers."""
@@ -73,15 +81,27 @@ def serve(
     from llmaas.core.config import load_settings
     from llmaas.workers.supervisor import WorkerSupervisor
 
-    settings = load_settings(
-        host=host, port=port, data_dir=data_dir, models=model or None, threads=threads, max_seqs=max_seqs,
-        max_queued=max_queued, context_size=ctx_size, max_batch_tokens=max_batch_tokens, backend=backend,
-        log_level=log_level, workers=workers, prefill_step_ms=prefill_step_ms,
+    overrides = dict(
+        host=host, port=port, data_dir=data_dir.resolve() if data_dir else None, models=model or None,
+        threads=threads, max_seqs=max_seqs, max_queued=max_queued, context_size=ctx_size,
+        max_batch_tokens=max_batch_tokens, backend=backend, log_level=log_level, workers=workers,
+        prefill_step_ms=prefill_step_ms,
     )
+    settings = load_settings(**overrides)
     settings.prepare_dirs()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ray:
+        from llmaas.cluster.ray_env import RayModeError
+        from llmaas.cluster.run import serve_ray
+
+        try:
+            serve_ray(settings, {k: v for k, v in overrides.items() if v is not None})
+        except RayModeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from e
+        return
     logging.getLogger("llmaas").info(
         "llmaas serving %s on http://%s:%d/v1 (data dir %s, %d threads, %d slots)",
         ", ".join(settings.models), settings.host, settings.port, settings.data_dir.resolve(),

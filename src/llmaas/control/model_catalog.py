@@ -4,7 +4,7 @@ restart and every gateway process shares it; read on the request path from an in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -32,12 +32,13 @@ class Entry:
     tenants: frozenset[str] | None
     load_at_start: bool
     created: int
+    deployment: dict[str, Any] = field(default_factory=dict)  # changed deployment settings (see serving)
 
     @classmethod
     def of(cls, m: CatalogModel) -> Entry:
         return cls(m.id, m.source_type, m.source, m.description or "", m.context_length, m.max_seqs,
                    tuple(m.capabilities or ()), frozenset(m.tenants) if m.tenants is not None else None,
-                   bool(m.load_at_start), unix(m.created_at))
+                   bool(m.load_at_start), unix(m.created_at), dict(m.deployment or {}))
 
     def visible_to(self, tenant_id: str, is_admin: bool = False) -> bool:
         return is_admin or self.tenants is None or tenant_id in self.tenants
@@ -101,10 +102,11 @@ class ModelCatalog:
         if ctx is not None:
             ctx.principal.require()
         m = self.get(s, model_id)
-        before = Entry.of(m).to_dict()
-        for field in ("capabilities", "load_at_start"):
-            if field in changes and changes[field] is None:
-                raise InvalidRequestError(f"'{field}' cannot be null", param=field)
+        prev = Entry.of(m)
+        before = {**prev.to_dict(), **({"deployment": prev.deployment} if "deployment" in changes else {})}
+        for name in ("capabilities", "load_at_start"):
+            if name in changes and changes[name] is None:
+                raise InvalidRequestError(f"'{name}' cannot be null", param=name)
         if "tenants" in changes:
             _check_tenants(s, changes["tenants"])
         for k, v in changes.items():
@@ -112,9 +114,9 @@ class ModelCatalog:
         m.updated_at = utcnow()
         s.flush()
         e = self._cache[model_id] = Entry.of(m)
-        if ctx is not None and e.to_dict() != before:
-            audit.record(s, ctx, "model.update", "model", model_id, tenant_id=None, before=before,
-                         after=e.to_dict())
+        after = {**e.to_dict(), **({"deployment": e.deployment} if "deployment" in changes else {})}
+        if ctx is not None and after != before:
+            audit.record(s, ctx, "model.update", "model", model_id, tenant_id=None, before=before, after=after)
         return e
 
     def delete(self, s: Session, ctx: Context, model_id: str) -> Entry:

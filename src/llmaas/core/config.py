@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     metrics_key: str | None = None
     metrics_tenant_labels: bool = False
 
+    # Ray mode (`llmaas serve --ray`)
+    ray_ingress_replicas: int = Field(default=1, ge=1, le=64)  # API (gateway) replicas behind Serve's proxy
+    # How long a request for a model at zero replicas waits for one to start before a 503 with Retry-After.
+    cold_start_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
     # Control plane
     auth: bool = True  # False: no keys, limits or metering (single-user / benchmarking the bare server)
     admin_key: str | None = None  # bootstrap admin key; otherwise one is generated and printed on first start

@@ -31,6 +31,18 @@ class LlmaasError(Exception):
     def to_dict(self) -> dict:
         return error_body(self.message, self.error_type, self.param, self.code)
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (param, code, headers): an error raised in an engine replica reaches the API process
+        # as the same 4xx/503, whatever arguments the subclass's __init__ takes.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[LlmaasError], args: tuple, state: dict) -> LlmaasError:
+    e = cls.__new__(cls)
+    Exception.__init__(e, *args)
+    e.__dict__.update(state)
+    return e
+
 
 class InvalidRequestError(LlmaasError):
     status_code = 400

@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
 _E2E_BUCKETS = (0.1, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
+# A cold start loads weights into a new replica: seconds to minutes, not the request latencies above.
+_COLD_START_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+REPLICA_STATES = ("starting", "running", "stopping")
 
 
 class EngineMetrics:
@@ -46,6 +49,10 @@ class EngineMetrics:
         self.adapters_loaded = Gauge(
             "llmaas:adapters_loaded", "LoRA adapters loaded on the base model", lbl, registry=registry
         )
+        # Loads, not cache hits: a rate that stays high means the adapter cache is too small for the traffic.
+        self.adapter_loads = Counter(
+            "llmaas:adapter_loads", "LoRA adapter loads into an engine", lbl, registry=registry
+        )
 
 
 class ControlMetrics:
@@ -75,3 +82,29 @@ class ControlMetrics:
 
     def rate_limited(self, tenant: str, reason: str) -> None:
         self._rate_limited.labels(*self._t(tenant), reason).inc()
+
+
+class ClusterMetrics:
+    """The scale-out metrics, exported by the ingress: replicas per model and what scaling from zero costs.
+
+    In that mode the ingress also re-exports each replica's EngineMetrics with a `replica` label added, so
+    queries over engine series aggregate with `sum by (model)` to work with and without it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.replicas = Gauge(
+            "llmaas:replicas", f"Replicas of a model by state ({'/'.join(REPLICA_STATES)})", ["model", "state"],
+            registry=registry,
+        )
+        self.cold_starts = Counter(
+            "llmaas:cold_starts", "Requests that found their model at zero replicas and waited for one", ["model"],
+            registry=registry,
+        )
+        self.cold_start_seconds = Histogram(
+            "llmaas:cold_start_seconds", "Time a request waited for a model's first replica", ["model"],
+            buckets=_COLD_START_BUCKETS, registry=registry,
+        )
+        self.replica_load = Gauge(
+            "llmaas:replica_load", "Running plus waiting sequences on one replica", ["model", "replica"],
+            registry=registry,
+        )

@@ -36,6 +36,10 @@ class EngineClient(Protocol):
     def eog_tokens(self) -> list[int]:
         """The tokens that end a generation (EOS, EOT, ...)."""
 
+    async def ready(self) -> None:
+        """Wait until the engine can take a request: an engine scaled to zero starts a replica first, so a
+        client sees a cold start as time to first token; ModelNotReadyError (503, Retry-After) past a bound."""
+
     # -- generation ----------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
         """Stream deltas of one sequence. Raises OverloadedError when admission is full.

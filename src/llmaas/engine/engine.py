@@ -137,6 +137,9 @@ class BatchingEngine:
     def eog_tokens(self) -> list[int]:
         return self.runner.eog_tokens()
 
+    async def ready(self) -> None:
+        """In process, an engine that was started is ready (check_capacity refuses when it is not)."""
+
     # -- generation ----------------------------------------------------------------------------
     def _emit_threadsafe(self, outputs: list[tuple[str, GenerationOutput]]) -> None:
         assert self._loop is not None
@@ -283,7 +286,10 @@ class BatchingEngine:
             self._adapters.release(adapter)
 
     async def _load_adapter(self, name: str, path: str) -> None:
+        # The cache calls this only for an adapter that is not loaded, so each call is a real load.
         await asyncio.to_thread(self.runner.load_adapter, name, path)
+        if self._metrics:
+            self._metrics.adapter_loads.labels(self.runner.model_id).inc()
 
     async def _unload_adapter(self, name: str) -> None:
         await asyncio.wrap_future(self._scheduler.call(self._scheduler.drop_adapter, name))

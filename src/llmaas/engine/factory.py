@@ -20,6 +20,13 @@ def _llamacpp(settings: Settings, spec: str) -> ModelRunner:
                           gpu_layers=settings.gpu_layers)
 
 
+def _llamacpp_vocab(settings: Settings, spec: str) -> ModelRunner:
+    from llmaas.engine.backends.llamacpp import LlamaCppRunner
+
+    return LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
+                          max_batch_tokens=settings.max_batch_tokens, threads=1, vocab_only=True)
+
+
 def _fake(settings: Settings, spec: str) -> ModelRunner:
     from llmaas.engine.backends.fake import FakeRunner
 
@@ -33,14 +40,17 @@ def _llamacpp_model_id(spec: str) -> str:
     return resolve_model(spec)[0]
 
 
-# settings.backend -> (runner for a model spec, the model id a spec serves without loading it).
-BACKENDS: dict[str, tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]] = {
-    "llamacpp": (_llamacpp, _llamacpp_model_id),
-    "fake": (_fake, None),
+RunnerFor = Callable[[Settings, str], ModelRunner]
+
+# settings.backend -> (runner for a model spec, the model id a spec serves without loading it, a runner that
+# only tokenizes: what an API process needs of a model that runs elsewhere).
+BACKENDS: dict[str, tuple[RunnerFor, Callable[[str], str] | None, RunnerFor]] = {
+    "llamacpp": (_llamacpp, _llamacpp_model_id, _llamacpp_vocab),
+    "fake": (_fake, None, _fake),
 }
 
 
-def _backend(settings: Settings) -> tuple[Callable[[Settings, str], ModelRunner], Callable[[str], str] | None]:
+def _backend(settings: Settings) -> tuple[RunnerFor, Callable[[str], str] | None, RunnerFor]:
     return BACKENDS[settings.backend]
 
 
@@ -53,6 +63,16 @@ def build_engine(settings: Settings, spec: str, metrics: EngineMetrics | None = 
         runner.model_id = model_id
     return BatchingEngine(runner, settings.max_queued, metrics, max_adapters=settings.max_adapters,
                           prefill_step_s=settings.prefill_step_ms / 1000)
+
+
+def build_tokenizer(settings: Settings, spec: str, model_id: str | None = None) -> EngineClient:
+    """An engine that is never started, over the model's vocabulary only: its tokenize, chat template, token
+    and `info` methods serve an API process whose generation runs in another process (a Ray Serve replica),
+    so prompts are tokenized once, where they arrive, as vLLM's API server does."""
+    runner = _backend(settings)[2](settings, spec)
+    if model_id is not None:
+        runner.model_id = model_id
+    return BatchingEngine(runner, settings.max_queued, None, max_adapters=settings.max_adapters)
 
 
 def build_engines(settings: Settings, metrics: EngineMetrics | None) -> dict[str, EngineClient]:

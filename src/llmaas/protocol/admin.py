@@ -114,3 +114,25 @@ class ModelRegister(_ModelFields):
 
 class ModelUpdate(_ModelFields):
     pass
+
+
+class DeploymentUpdate(_Strict):
+    """Change a model's deployment (Ray mode). Names follow Ray Serve's autoscaling_config where it has one;
+    `threads`, `max_seqs` and `max_adapters` are per replica (a change to them replaces the replicas, one at a
+    time). Unset fields keep their value."""
+
+    min_replicas: int | None = Field(default=None, ge=0, le=1024, description="0 lets the model scale to zero")
+    max_replicas: int | None = Field(default=None, ge=1, le=1024)
+    initial_replicas: int | None = Field(default=None, ge=0, le=1024)
+    target_ongoing_requests: float | None = Field(
+        default=None, gt=0, le=100000, description="Running + waiting sequences per replica the autoscaler aims for")
+    upscale_delay_s: float | None = Field(default=None, ge=0, le=86400)
+    downscale_delay_s: float | None = Field(default=None, ge=0, le=86400)
+    downscale_to_zero_delay_s: float | None = Field(default=None, ge=0, le=86400,
+                                                    description="Idle time before the last replica stops")
+    threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads per replica")
+    max_seqs: int | None = Field(default=None, ge=1, le=256, description="Sequence slots per replica")
+    max_adapters: int | None = Field(default=None, ge=1, le=1024, description="LoRA adapters held per replica")
+
+    def changes(self) -> dict:
+        return self.model_dump(exclude_unset=True, exclude_none=True)

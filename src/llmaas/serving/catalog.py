@@ -21,7 +21,7 @@ from llmaas.core.memory import available_bytes, estimate_model_bytes, gib
 from llmaas.core.metrics import EngineMetrics
 from llmaas.core.model_files import CAPABILITIES, ModelPackageMissingError, bundled, gguf_path
 from llmaas.engine.client import EngineClient
-from llmaas.engine.factory import build_engine
+from llmaas.serving.deployments import LocalHost, ModelHost
 from llmaas.serving.models import engine_capabilities
 
 log = logging.getLogger("llmaas.catalog")
@@ -75,8 +75,9 @@ class ModelLoader:
     """The serving process's loaded models: `engines` (shared with ServedModels) and each model's state."""
 
     def __init__(self, settings: Settings, engines: dict[str, EngineClient], metrics: EngineMetrics | None,
-                 catalog: ModelCatalog | None) -> None:
+                 catalog: ModelCatalog | None, host: ModelHost | None = None) -> None:
         self.settings, self.engines, self.metrics, self.catalog = settings, engines, metrics, catalog
+        self.host: ModelHost = host or LocalHost(metrics)
         self.states: dict[str, ModelState] = {m: ModelState("ready", since=time.time()) for m in engines}
         self._tasks: dict[str, asyncio.Task] = {}
         self._reserved: dict[str, int] = {}  # bytes promised to loads under way
@@ -119,7 +120,8 @@ class ModelLoader:
         st = self.states[e.id] = ModelState("loading", since=time.time())
         try:
             path = await asyncio.to_thread(source_path, e.source_type, e.source)
-            self._reserved[e.id] = await asyncio.to_thread(self.check_memory, e, path)
+            if self.host.local:  # a cluster places replicas by the resources they ask for
+                self._reserved[e.id] = await asyncio.to_thread(self.check_memory, e, path)
         except BaseException:
             if before is None:
                 self.states.pop(e.id, None)
@@ -133,7 +135,7 @@ class ModelLoader:
         t0 = time.monotonic()
         log.info("model %s: loading %s", e.id, spec)
         try:
-            engine = await asyncio.to_thread(build_engine, s, spec, self.metrics, e.id)
+            engine = await asyncio.to_thread(self.host.build, s, spec, e)
             await engine.start()
         except Exception as err:  # a model that cannot load must not take the server with it
             log.error("model %s: load failed: %s", e.id, err)
@@ -171,9 +173,20 @@ class ModelLoader:
                 break
             await asyncio.sleep(0.1)
         await engine.shutdown()
+        await asyncio.to_thread(self.host.release, model_id)
         log.info("model %s unloaded", model_id)
         st = self.states[model_id] = ModelState("unloaded", since=time.time())
         return st
+
+    def attach(self, model_id: str, engine: EngineClient) -> None:
+        """A model another process loaded (a cluster's deployment) joins this process's routing."""
+        self.engines[model_id] = engine
+        self.states[model_id] = ModelState("ready", since=time.time())
+
+    def detach(self, model_id: str) -> EngineClient | None:
+        """A model unloaded elsewhere leaves this process's routing."""
+        self.states[model_id] = ModelState("unloaded", since=time.time())
+        return self.engines.pop(model_id, None)
 
     async def start_catalog(self, specs: list[str]) -> None:
         """At start: the models the server was started with join the catalog (if they are not in it yet),

@@ -21,6 +21,7 @@ class ServingEmbedding:
 
     async def create(self, body: EmbeddingRequest, principal: Principal, request_id: str) -> Served:
         engine = self.models.get(body.model, principal, "embeddings")
+        await engine.ready()
         raw = body.input
         if isinstance(raw, str):
             items: list = [raw]

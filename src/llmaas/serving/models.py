@@ -117,7 +117,9 @@ class ServedModels:
         """(engine, adapter name) serving `model`: a base model, or a tenant's fine-tuned `ft:` model — its
         LoRA adapter on the running base model, loaded on first use. 404 for anything this key may not use."""
         if model in self.engines or not model.startswith("ft:") or self.control is None:
-            return self.get(model, principal, capability), None
+            engine = self.get(model, principal, capability)
+            await engine.ready()
+            return engine, None
         registry = self.control.registry
         r = registry.resolve_tenant_model(principal.tenant_id, model) if registry.cached(principal.tenant_id, model) \
             else await asyncio.to_thread(registry.resolve_tenant_model, principal.tenant_id, model)
@@ -132,6 +134,7 @@ class ServedModels:
             self.require(model, capability)
         if not engine.has_adapter(r.adapter):
             engine.register_adapter(r.adapter, str(r.adapter_path))
+        await engine.ready()
         return engine, r.adapter
 
     async def open_ticket(self, principal: Principal, model: str, endpoint: str, request_id: str) -> AnyTicket:

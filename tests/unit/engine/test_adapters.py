@@ -148,6 +148,27 @@ async def test_lru_eviction_beyond_cap(tmp_path):
         assert engine.stats().adapters_loaded == 2
 
 
+async def test_adapter_loads_counts_real_loads_only(tmp_path):
+    registry = CollectorRegistry()
+
+    def loads() -> float | None:
+        return registry.get_sample_value("llmaas:adapter_loads_total", {"model": "fake-model"})
+
+    async with running(tmp_path, {"a1": 1, "a2": 2}, max_adapters=1, metrics=EngineMetrics(registry)) as (engine, _):
+        await run(engine, "x", "hello", 3, "a1")
+        await run(engine, "y", "hello", 3, "a1")  # already loaded: no load
+        await engine.ensure_adapter("a1")
+        assert loads() == 1
+        await engine.ensure_adapter("a2")  # evicts a1 beyond the cap of 1 ...
+        await settle(lambda: engine.adapters() == ["a2"])
+        await run(engine, "z", "hello", 3, "a1")  # ... so using it again is a second load
+        assert loads() == 3
+        engine.register_adapter("broken", str(tmp_path / "missing.gguf"))
+        with pytest.raises(EngineError):  # a load that fails loads nothing
+            await run(engine, "b", "hello", 3, "broken")
+        assert loads() == 3
+
+
 async def test_adapters_in_use_are_never_evicted(tmp_path):
     # One slot: r1 runs (until aborted), q2 waits in the queue; loading a3 beyond the cap of 1 evicts neither.
     async with running(tmp_path, {"a1": 1, "a2": 2, "a3": 3}, max_adapters=1, n_slots=1,

@@ -293,5 +293,7 @@ class CatalogModel(Base):
     capabilities: Mapped[list] = mapped_column(JSON)
     tenants: Mapped[list | None] = mapped_column(JSON)  # tenant ids that may see it; NULL: every tenant
     load_at_start: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Deployment settings an admin changed (replicas, autoscaling, per-replica engine); the rest are defaults.
+    deployment: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -94,7 +94,10 @@ class LlamaCppRunner:
         max_batch_tokens: int,
         threads: int,
         gpu_layers: int = 0,
+        vocab_only: bool = False,
     ) -> None:
+        """vocab_only: the tokenizer and metadata without the weights (an API process that only tokenizes,
+        while the model runs elsewhere); such a runner has no context and must not decode."""
         from llama_cpp import llama_cpp as L
 
         self.L = L
@@ -103,6 +106,7 @@ class LlamaCppRunner:
         self.model_id, self.path = resolve_model(model_spec)
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
+        mp.vocab_only = vocab_only
         self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {self.path}")
@@ -110,8 +114,10 @@ class LlamaCppRunner:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_slots, self.max_batch_tokens, self.threads = n_slots, max_batch_tokens, threads
-        self.context_size = min(context_size, L.llama_model_n_ctx_train(self.model))
         arch = self._meta("general.architecture")
+        # Read from the metadata too: a vocabulary-only load leaves the model's hyperparameters at 0.
+        n_ctx_train = L.llama_model_n_ctx_train(self.model) or int(self._meta(f"{arch}.context_length") or 0)
+        self.context_size = min(context_size, n_ctx_train) if n_ctx_train > 0 else context_size
         # An encoder (BERT and its kin) attends both ways and has no LM head: it can only embed. It gets no
         # generation context (llama.cpp gives it no KV cache anyway), and pools as its GGUF says.
         self.capabilities = EMBEDDINGS_ONLY if self._meta(f"{arch}.attention.causal") == "false" else GENERATIVE
@@ -119,7 +125,7 @@ class LlamaCppRunner:
         own_pooling = self._meta(f"{arch}.pooling_type")  # 1, 2, 3: mean, cls, last; else none of its own
         self._pooling = int(own_pooling) if own_pooling in ("1", "2", "3") else L.LLAMA_POOLING_TYPE_MEAN
         self.ctx = self.mem = None
-        if self.generative:
+        if self.generative and not vocab_only:
             self.ctx = self._new_context(self.context_size * n_slots, max_batch_tokens, n_slots, embeddings=False,
                                          unified=False)
             self.mem = L.llama_get_memory(self.ctx)

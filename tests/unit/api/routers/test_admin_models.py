@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import llmaas.serving.catalog as catalog_mod
+import llmaas.serving.deployments as catalog_mod
 from llmaas.core.model_files import bundled_gguf
 from tests.unit.conftest import Admin, bearer, chat, make_client
 
