@@ -33,13 +33,13 @@ EPS = 1e-9
 @dataclass(frozen=True)
 class SimConfig:
     slots: int = 16                      # sequences per replica (max_seqs = max_ongoing_requests)
-    target_ongoing_requests: float = 0.0  # 0: the platform's default, the replica's slots
+    target_ongoing_requests: float = 0.0  # 0: the platform's default, three quarters of the replica's slots
     service_s: float = 128 * 0.08        # one request: 128 tokens at a 0.08 s step of 16 sequences
     cold_start_s: float = 4.3            # measured: a SmolLM2 replica from scheduled to serving, on this machine
     min_replicas: int = 1
     max_replicas: int = 16
     upscale_delay_s: float = 3.0
-    downscale_delay_s: float = 30.0
+    downscale_delay_s: float = 60.0  # the platform's default
     downscale_to_zero_delay_s: float = 60.0
     base_x: float = 1.0                  # offered load in units of one replica's capacity
     peak_x: float = 8.0
@@ -353,7 +353,7 @@ class Report:
 
 def run_both(cfg: SimConfig, target_p95_s: float = 2.0, static_replicas: int | None = None) -> Report:
     """The autoscaled and the static deployment on the same arrivals. Static: enough replicas that the peak is at
-    most target_ongoing_requests per replica (the platform's target is the replica's slots)."""
+    most target_ongoing_requests per replica (the platform's target is three quarters of the replica's slots)."""
     arrivals = poisson_arrivals(cfg)
     target = deployed_autoscaling_config(cfg).get_target_ongoing_requests()
     n_static = static_replicas or math.ceil(cfg.peak_x * cfg.capacity * cfg.service_s / target - EPS)
@@ -388,7 +388,8 @@ def table(rep: Report) -> str:
     lines = [f"capacity {c.capacity:.3f} req/s per replica ({c.slots} slots x {c.service_s:.2f} s), "
              f"load {c.base_x:g}x -> {c.peak_x:g}x -> {c.base_x:g}x over {c.duration_s:.0f} s, "
              f"{len(rep.arrivals)} requests, seed {c.seed}",
-             f"autoscaled: target {c.target_ongoing_requests or c.slots:g} ongoing per replica, min {c.min_replicas} "
+             f"autoscaled: target {deployed_autoscaling_config(c).get_target_ongoing_requests():g} ongoing per "
+             f"replica, min {c.min_replicas} "
              f"max {c.max_replicas}, delays up {c.upscale_delay_s:g} s / down "
              f"{c.downscale_delay_s:g} s / to zero {c.downscale_to_zero_delay_s:g} s, cold start {c.cold_start_s:g} s;"
              f" static: {rep.static_replicas} replicas", "",

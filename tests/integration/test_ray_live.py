@@ -31,7 +31,7 @@ from tests.integration.conftest import ADMIN_KEY, _free_port
 pytestmark = pytest.mark.integration
 MODEL = "SmolLM2-135M-Instruct"
 MSG = [{"role": "user", "content": "Write a long story about a cat who learns to sail."}]
-SERVE_FLAGS = ["--threads", "1", "--max-seqs", "4", "--workers", "0"]
+SERVE_FLAGS = ["--threads", "1", "--max-seqs", "4", "--workers", "1"]
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -43,10 +43,19 @@ class RayPlatform:
         self.data_dir = tmp / "data"
         self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
         gcs = _free_port()
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs}",
-                        "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=120)
+        # In the foreground (--block), in a process group of its own: stopping it stops this cluster only, never
+        # another one on the machine (`ray stop` would stop them all).
+        self.ray = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs}",
+             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+        for _ in range(120):
+            probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); ray.shutdown()"], env=self.env,
+                                   capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                break
+            time.sleep(0.5)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmaas.cli", "serve", "--ray", "--port", str(self.port), "--data-dir",
              str(self.data_dir), *SERVE_FLAGS], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -89,8 +98,11 @@ class RayPlatform:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], env=self.env,
-                       capture_output=True, timeout=120)
+        os.killpg(self.ray.pid, signal.SIGTERM)
+        try:
+            self.ray.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.ray.pid, signal.SIGKILL)
         self.log.close()
 
 
@@ -145,30 +157,41 @@ def test_chat_and_stream_through_the_ray_ingress(ray_platform):
     (d,) = body["data"]
     assert d["id"] == MODEL and d["application"] == "llmaas-model-SmolLM2-135M-Instruct"
     assert len(running(d)) == 1 and d["config"]["max_seqs"] == 4 and d["config"]["threads"] == 1
-    metrics = httpx.get(f"{p.url}/metrics").text
     rid = running(d)[0]["id"]
-    assert f'llmaas:generation_tokens_total{{model="{MODEL}",replica="{rid}"}}' in metrics
+    series = f'llmaas:generation_tokens_total{{model="{MODEL}",replica="{rid}"}}'
+    for _ in range(20):  # replicas publish their series every second
+        metrics = httpx.get(f"{p.url}/metrics").text
+        if series in metrics:
+            break
+        time.sleep(0.5)
+    assert series in metrics
     assert f'llmaas:replicas{{model="{MODEL}",state="running"}} 1.0' in metrics
 
 
-def test_an_ft_adapter_is_loaded_by_the_replica_that_serves_it(ray_platform):
+def _ft_model(p: RayPlatform, name: str) -> tuple[str, str]:
+    """A tenant's `ft:` model (a random LoRA in the shared artifact dir) and a key of that tenant."""
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
     from llmaas.control.db.models import TenantModel
     from llmaas.training.lora_gguf import write_random_lora
 
-    p = ray_platform
-    tenant = p.admin("POST", "/tenants", json={"name": "ft-" + uuid.uuid4().hex[:6]})["id"]
+    tenant = p.admin("POST", "/tenants", json={"name": f"{name}-" + uuid.uuid4().hex[:6]})["id"]
     key = p.admin("POST", f"/tenants/{tenant}/keys", json={"role": "member"})["key"]
-    rel = f"adapters/{tenant}/ray-test.gguf"
+    rel = f"adapters/{tenant}/{name}.gguf"
     (p.data_dir / "artifacts" / rel).parent.mkdir(parents=True, exist_ok=True)
     write_random_lora(p.data_dir / "artifacts" / rel, seed=7)
-    ft = f"ft:{MODEL}:{tenant}:ray:test"
+    ft = f"ft:{MODEL}:{tenant}:{name}:test"
     with Session(create_engine(p.env["LLMAAS_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))) as s:
         s.add(TenantModel(id=ft, tenant_id=tenant, base_model=MODEL, job_id="ftjob-ray", step=None, adapter_path=rel,
                           created_at=datetime.now(UTC), lineage={}))
         s.commit()
+    return ft, key
+
+
+def test_an_ft_adapter_is_loaded_by_the_replica_that_serves_it(ray_platform):
+    p = ray_platform
+    ft, key = _ft_model(p, "ft")
     c = p.client(key)
     ask = {"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 12, "temperature": 0}
     tuned = c.chat.completions.create(model=ft, **ask)
@@ -179,9 +202,35 @@ def test_an_ft_adapter_is_loaded_by_the_replica_that_serves_it(ray_platform):
     assert float(_metric(p, "llmaas:adapter_loads_total")) >= 1
 
 
-def _metric(p: RayPlatform, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{p.url}/metrics").text.splitlines()
-               if line.startswith(name + "{"))
+def test_a_hot_adapter_spreads_to_another_replica_when_its_replica_is_full(ray_platform):
+    p = ray_platform
+    p.admin("PUT", f"/deployments/{MODEL}", json={"min_replicas": 2, "max_replicas": 2})
+    p.wait("two replicas", lambda d: len(running(d)) == 2)
+    ft, key = _ft_model(p, "hot")
+    client = AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0, timeout=300)
+
+    async def burst() -> None:  # 8 sequences at once: more than one replica's 4 slots
+        await asyncio.gather(*[client.chat.completions.create(
+            model=ft, messages=MSG, max_tokens=48, extra_body={"ignore_eos": True}) for _ in range(8)])
+        await client.close()
+
+    asyncio.run(burst())
+    d = p.wait("both replicas hold the adapter", lambda d: all(ft in r["adapters"] for r in running(d)), 10)
+    assert len(running(d)) == 2
+    p.admin("PUT", f"/deployments/{MODEL}", json={"min_replicas": 1, "max_replicas": 1})
+    p.wait("back to one replica", lambda d: len(running(d)) == 1 and len(d["replicas"]) == 1)
+
+
+def _metric(p: RayPlatform, name: str, at_least: float = 1.0, timeout: float = 6.0) -> float:
+    """A metric summed over its series, once it reaches `at_least` (replicas publish every second and each
+    ingress replica reads the board every second) or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"{p.url}/metrics").text.splitlines()
+                if line.startswith(name + "{"))
+        if v >= at_least or time.monotonic() > deadline:
+            return v
+        time.sleep(0.5)
 
 
 async def _burst(p: RayPlatform, key: str, n: int, max_tokens: int = 4) -> list[int | str]:
@@ -332,3 +381,23 @@ def test_the_generated_serve_config_is_what_runs_and_deploys(ray_platform, tmp_p
     assert {r["id"] for r in running(p.deployment())} == before
     assert p.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                               max_tokens=4).usage.completion_tokens > 0
+
+
+def test_fine_tuning_runs_on_a_ray_worker_actor_and_is_served_at_once(ray_platform):
+    from tests.integration.test_fine_tuning_flow import sentiment_rows
+
+    p = ray_platform
+    t = p.admin("POST", "/tenants", json={"name": "job-" + uuid.uuid4().hex[:6]})["id"]
+    key = p.admin("POST", f"/tenants/{t}/keys", json={"role": "member"})["key"]
+    c = p.client(key)
+    f = c.files.create(file=("s.jsonl", sentiment_rows(16)), purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, suffix="ray", seed=1, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}})
+    deadline = time.monotonic() + 600
+    while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job.status
+        time.sleep(1)
+    assert job.status == "succeeded", job.error
+    r = c.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Great film!"}],
+                                  max_tokens=4)
+    assert r.model == job.fine_tuned_model and r.usage.completion_tokens > 0

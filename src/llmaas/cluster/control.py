@@ -72,6 +72,11 @@ class RayCluster:
 
     async def start(self, loader: ModelLoader) -> None:
         self.loader = loader
+        if self.settings.workers and self.settings.auth:
+            from llmaas.cluster.workers import ensure_workers
+
+            await asyncio.to_thread(ensure_workers, self.overrides, self.settings.workers,
+                                    num_cpus=self.settings.ray_worker_cpus, num_gpus=self.settings.ray_worker_gpus)
         await self.refresh()
         self._task = asyncio.create_task(self._follow(), name="llmaas-cluster-follow")
 

@@ -89,8 +89,7 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
     import ray
     from ray import serve
 
-    from llmaas.cluster.config import INGRESS_APP, public_settings
-    from llmaas.cluster.workers import start_workers
+    from llmaas.cluster.config import INGRESS_APP
 
     address = os.environ.get("RAY_ADDRESS")
     models = prepare(settings)
@@ -101,9 +100,8 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
     log.info("deploying llmaas on Ray Serve (%s): ingress and %s", address or "a local cluster",
              ", ".join(e.id for e in models) or "no model")
     wait_running(INGRESS_APP)
-    workers = start_workers(public_settings(overrides), settings.workers) if settings.workers else []
     log.info("llmaas (Ray mode) serving on http://%s:%d/v1 with %d job workers", settings.host, settings.port,
-             len(workers))
+             settings.workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

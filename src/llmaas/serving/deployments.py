@@ -49,8 +49,10 @@ class DeploymentConfig:
         max_seqs = stored.get("max_seqs") or (entry.max_seqs if entry is not None else None) or settings.max_seqs
         base: dict[str, Any] = {
             "min_replicas": 1, "max_replicas": 1, "initial_replicas": None,
-            # A replica is full when every slot decodes: beyond that, requests queue and another replica helps.
-            "target_ongoing_requests": float(max_seqs), "upscale_delay_s": 3.0, "downscale_delay_s": 60.0,
+            # Three quarters of the slots: a replica filling up brings the next one before requests queue, and a
+            # steady load of exactly one replica does not flap between one and two (bench/autoscale_sim.py).
+            "target_ongoing_requests": max(1.0, round(0.75 * max_seqs)),
+            "upscale_delay_s": 3.0, "downscale_delay_s": 60.0,
             "downscale_to_zero_delay_s": None, "threads": settings.threads, "max_seqs": max_seqs,
             "max_adapters": settings.max_adapters,
         }

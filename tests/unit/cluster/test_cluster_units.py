@@ -29,9 +29,9 @@ def entry(model_id: str = "SmolLM2-135M-Instruct", **deployment) -> Entry:
 def test_deployment_defaults_and_stored_changes():
     s = Settings(max_seqs=16, threads=2, max_adapters=8)
     cfg = DeploymentConfig.of(s, entry())
-    assert (cfg.min_replicas, cfg.max_replicas, cfg.target_ongoing_requests, cfg.max_seqs) == (1, 1, 16.0, 16)
+    assert (cfg.min_replicas, cfg.max_replicas, cfg.target_ongoing_requests, cfg.max_seqs) == (1, 1, 12.0, 16)
     cfg = DeploymentConfig.of(s, entry(min_replicas=0, max_replicas=3, max_seqs=4))
-    assert (cfg.min_replicas, cfg.max_replicas, cfg.max_seqs, cfg.target_ongoing_requests) == (0, 3, 4, 4.0)
+    assert (cfg.min_replicas, cfg.max_replicas, cfg.max_seqs, cfg.target_ongoing_requests) == (0, 3, 4, 3.0)
 
 
 @pytest.mark.parametrize("changes,field", [({"min_replicas": 5}, "min_replicas"),
