@@ -331,32 +331,54 @@ def test_scale_to_zero_cold_start_and_up_on_engine_load(ray_platform):
     p.wait("back to one replica", lambda d: len(running(d)) == 1)
 
 
-def test_a_replica_killed_mid_stream_ends_its_stream_cleanly_and_is_replaced(ray_platform):
+def test_a_replica_killed_mid_stream_ends_its_streams_cleanly_others_finish_and_it_is_replaced(ray_platform):
     p = ray_platform
     t = p.admin("POST", "/tenants", json={"name": "kill-" + uuid.uuid4().hex[:6]})["id"]
     key = p.admin("POST", f"/tenants/{t}/keys", json={"role": "member"})["key"]
-    (victim,) = running(p.wait("one replica", lambda d: len(running(d)) == 1 and running(d)[0]["pid"]))
-    got, error = 0, None
-    stream = p.client(key).chat.completions.create(model=MODEL, messages=MSG, max_tokens=400, stream=True,
-                                                   extra_body={"ignore_eos": True})
-    try:
-        for ch in stream:
-            if ch.choices and ch.choices[0].delta.content:
-                got += 1
-                if got == 10:
-                    os.kill(victim["pid"], signal.SIGKILL)
-    except openai.APIError as e:
-        error = e
-    assert error is not None and "replica" in str(error.message), (got, error)
-    assert 10 <= got < 400
-    for _ in range(100):  # the tokens produced before the replica died are metered
+    p.admin("PUT", f"/deployments/{MODEL}", json={"min_replicas": 2, "max_replicas": 2})
+    replicas = running(p.wait("two replicas", lambda d: len(running(d)) == 2 and all(r["pid"] for r in running(d))))
+    victim = replicas[0]
+    client = AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0, timeout=300)
+
+    async def one(i: int) -> tuple[int, str | None]:
+        got = 0
+        try:
+            stream = await client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=120, stream=True,
+                                                          extra_body={"ignore_eos": True})
+            async for ch in stream:
+                if ch.choices and ch.choices[0].delta.content:
+                    got += 1
+        except openai.APIError as e:
+            return got, str(e.message)
+        return got, None
+
+    async def run() -> list[tuple[int, str | None]]:
+        # 8 streams, 4 slots per replica: each replica holds 4. The victim dies once every stream is under way.
+        tasks = [asyncio.create_task(one(i)) for i in range(8)]
+        while sum(r["running"] for r in running(await asyncio.to_thread(p.deployment))) < 8:
+            await asyncio.sleep(0.2)
+        os.kill(victim["pid"], signal.SIGKILL)
+        out = await asyncio.gather(*tasks)
+        await client.close()
+        return out
+
+    results = asyncio.run(run())
+    failed = [(n, err) for n, err in results if err is not None]
+    finished = [n for n, err in results if err is None]
+    assert len(failed) == 4 and all("replica" in err for _, err in failed), results
+    assert finished == [120] * 4, results  # the other replica's streams ran to the end
+    produced = sum(n for n, _ in results)
+    for _ in range(100):  # every stream is metered, the cut ones with the tokens produced before the replica died
         usage = p.admin("GET", "/usage", params={"tenant_id": t})["totals"]
-        if usage["requests"] >= 1:
+        if usage["requests"] >= 8:
             break
         time.sleep(0.1)
-    assert usage["requests"] == 1 and usage["completion_tokens"] >= got, usage
-    d = p.wait("Ray replaced the replica", lambda d: any(r["id"] != victim["id"] for r in running(d)), 120)
-    assert victim["id"] not in {r["id"] for r in running(d)}
+    assert usage["requests"] == 8 and usage["completion_tokens"] >= produced, (usage, results)
+    d = p.wait("Ray replaced the replica", lambda d: len(running(d)) == 2 and victim["id"] not in
+               {r["id"] for r in running(d)}, 120)
+    assert len(running(d)) == 2
+    p.admin("PUT", f"/deployments/{MODEL}", json={"min_replicas": 1, "max_replicas": 1})
+    p.wait("back to one replica", lambda d: len(running(d)) == 1 and len(d["replicas"]) == 1)
     assert p.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                               max_tokens=4).usage.completion_tokens > 0
 
@@ -401,3 +423,53 @@ def test_fine_tuning_runs_on_a_ray_worker_actor_and_is_served_at_once(ray_platfo
     r = c.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "Great film!"}],
                                   max_tokens=4)
     assert r.model == job.fine_tuned_model and r.usage.completion_tokens > 0
+
+
+def test_the_deployments_cli_shows_and_changes_the_running_deployment(ray_platform):
+    p = ray_platform
+    env = {**p.env, "LLMAAS_URL": p.url, "LLMAAS_API_KEY": ADMIN_KEY}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llmaas.cli", "admin", "deployments", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli("list")
+    assert out.returncode == 0, out.stderr
+    assert f"{MODEL}  [ready]  mode ray  replicas 1..1" in out.stdout and "  running  " in out.stdout
+    before = {r["id"] for r in running(p.deployment())}
+    out = cli("update", MODEL, "--upscale-delay-s", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"upscale_delay_s": 2.0' in out.stdout
+    time.sleep(3)
+    assert {r["id"] for r in running(p.deployment())} == before  # an autoscaling change restarts no replica
+    out = cli("update", MODEL, "--min-replicas", "3")  # above max_replicas (1): refused, nothing stored
+    assert out.returncode == 1 and "min_replicas" in out.stderr
+    assert p.deployment()["config"]["min_replicas"] == 1
+
+
+def test_loading_a_catalog_model_deploys_it_and_unloading_removes_it(ray_platform):
+    p = ray_platform
+    m = p.admin("POST", "/models", json={"id": "smol-two", "package": "smollm2", "max_seqs": 2, "load": True})
+    assert m["status"] in ("loading", "ready")
+    deadline = time.monotonic() + 180
+    while True:  # the application deploys, then its replica starts; both ingress replicas route to it
+        d = httpx.get(f"{p.url}/v1/admin/deployments/smol-two", headers=HEADERS, timeout=30)
+        if d.status_code == 200 and running(d.json()):
+            break
+        assert time.monotonic() < deadline, d.text
+        time.sleep(1)
+    assert d.json()["application"] == "llmaas-model-smol-two" and d.json()["config"]["max_seqs"] == 2
+    for _ in range(4):
+        r = p.client().chat.completions.create(model="smol-two", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=4)
+        assert r.model == "smol-two" and r.usage.completion_tokens > 0
+    assert p.admin("POST", "/models/smol-two/unload")["status"] == "unloaded"
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{p.url}/v1/admin/deployments/smol-two", headers=HEADERS).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    for _ in range(4):  # whichever ingress replica answers
+        with pytest.raises(openai.NotFoundError):
+            p.client().chat.completions.create(model="smol-two", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=4)
+    assert {d["id"] for d in p.admin("GET", "/deployments")["data"]} == {MODEL}

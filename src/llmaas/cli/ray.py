@@ -33,6 +33,13 @@ def config(
     """Print the `serve deploy`-able YAML for the current settings: the ingress application and one engine
     application per model. Secrets and the database/Redis URLs stay out of it: every node reads them from its
     environment (LLMAAS_*)."""
+    from llmaas.cluster.ray_env import RayModeError, require_ray
+
+    try:
+        require_ray()  # the config names Ray Serve's import paths; PyYAML comes with Ray
+    except RayModeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
     import yaml
 
     from llmaas.cluster.config import serve_config

@@ -28,8 +28,8 @@ from llmaas.serving.deployments import DeploymentConfig, ModelHost
 
 log = logging.getLogger("llmaas.cluster")
 FOLLOW_EVERY_S = 1.0
-# A model just deployed may not show in Serve's status for a moment: not detached before this.
-ATTACH_GRACE_S = 15.0
+# A model this process just deployed may not show in Serve's status for a moment: not detached before this.
+DEPLOY_GRACE_S = 15.0
 STATES = {"STARTING": "starting", "PENDING_MIGRATION": "running", "RUNNING": "running", "RECOVERING": "starting",
           "STOPPING": "stopping"}
 
@@ -61,7 +61,7 @@ class RayCluster:
         self.ingress: list[dict[str, Any]] = []  # the API (ingress) replicas
         self.loader: ModelLoader | None = None
         self._board = ReplicaBoard(settings.redis_url) if settings.redis_url else None
-        self._attached: dict[str, float] = {}
+        self._deploying: dict[str, float] = {}  # model -> when this process deployed it, until Serve shows it
         self._task: asyncio.Task | None = None
 
     def host(self) -> ModelHost:
@@ -117,10 +117,11 @@ class RayCluster:
                 entry = loader.catalog.entry(model) if loader.catalog is not None else None
                 if entry is not None:
                     loader.attach(model, await asyncio.to_thread(self.remote, entry))
-                    self._attached[model] = time.monotonic()
+        for model in apps:
+            self._deploying.pop(model, None)
         for model in list(loader.engines):
             gone = model not in apps or apps[model].get("status") == "DELETING"
-            if gone and time.monotonic() - self._attached.get(model, 0) > ATTACH_GRACE_S \
+            if gone and time.monotonic() - self._deploying.get(model, 0) > DEPLOY_GRACE_S \
                     and loader.state(model).status == "ready":
                 engine = loader.detach(model)
                 if engine is not None:
@@ -192,8 +193,8 @@ class RayHost:
         self.cluster = cluster
 
     def build(self, settings: Settings, spec: str, entry: Entry) -> EngineClient:
+        self.cluster._deploying[entry.id] = time.monotonic()
         self.cluster.apply(add=entry)
-        self.cluster._attached[entry.id] = time.monotonic()
         return self.cluster.remote(entry)
 
     def release(self, model_id: str) -> None:

@@ -117,3 +117,30 @@ def test_ray_mode_refuses_sqlite_missing_redis_and_a_relative_data_dir(tmp_path)
     with pytest.raises(RayModeError, match="absolute"):
         check_shared_state(Settings(data_dir=Path("rel"), database_url="postgresql://x/y", redis_url="redis://x"))
     check_shared_state(Settings(data_dir=tmp_path, database_url="postgresql://x/y", redis_url="redis://x"))
+
+
+def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from llmaas.cli.main import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    env = {"LLMAAS_DATABASE_URL": "postgresql://x/y", "LLMAAS_REDIS_URL": "redis://x"}
+    for args in (["serve", "--ray", "--data-dir", str(tmp_path)], ["ray", "config"]):
+        out = CliRunner().invoke(app, args, env=env)
+        assert out.exit_code == 2, out.output
+        assert "pip install 'llmaas[ray]'" in out.output
+
+
+def test_ray_mode_with_sqlite_is_refused_before_anything_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmaas.cli.main import app
+
+    out = CliRunner().invoke(app, ["serve", "--ray", "--data-dir", str(tmp_path)],
+                             env={"LLMAAS_DATABASE_URL": "", "LLMAAS_REDIS_URL": "redis://x"})
+    assert out.exit_code == 2 and "LLMAAS_DATABASE_URL" in out.output and "SQLite" in out.output
