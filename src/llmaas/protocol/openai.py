@@ -36,10 +36,48 @@ class TextPart(_Req):
     text: str
 
 
+MAX_TOOLS = 128
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDef(_Req):
+    name: FunctionName
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None
+
+
+class ToolDef(_Req):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionCallIn(_Req):
+    name: FunctionName
+    arguments: str = Field(max_length=1 << 20)  # JSON, as the model produced it
+
+
+class ToolCallIn(_Req):
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class ToolChoiceFunction(_Req):
+    name: FunctionName
+
+
+class NamedToolChoice(_Req):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
 class ChatMessageIn(_Req):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=MAX_TOOLS)  # an assistant's calls
+    tool_call_id: str | None = Field(default=None, max_length=256)  # a tool message: the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -160,11 +198,31 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
     store: bool = False  # keep the completion (GET /v1/chat/completions), for review, feedback and export
     metadata: dict[str, str] | None = None
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @field_validator("metadata")
     @classmethod
     def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(v)
+
+    def check_tools(self) -> None:
+        """What the schema alone cannot say about tools; each a 400 naming the field."""
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("tools must have distinct function names", param="tools")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not names:
+            raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequestError(f"tool_choice names '{choice.function.name}', which is not in tools",
+                                      param="tool_choice.function.name")
+        for i, m in enumerate(self.messages):
+            if m.role == "tool" and not m.tool_call_id:
+                raise InvalidRequestError("a tool message needs tool_call_id", param=f"messages[{i}].tool_call_id")
+            if m.tool_calls and m.role != "assistant":
+                raise InvalidRequestError("only assistant messages carry tool_calls", param=f"messages[{i}].tool_calls")
 
     def stored_request(self) -> dict:
         """What a stored completion keeps of its request: the messages as sent, the model and the sampling
