@@ -13,13 +13,13 @@ from contextlib import aclosing
 from llmaas.control.auth.principal import Principal
 from llmaas.control.plane import ControlPlane
 from llmaas.core.chat_jsonl import model_role
-from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import SamplingParams, TokenLogprob
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.serving.completion_store import store_completion
 from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, max_tokens_for
 from llmaas.serving.sequences import Metered, fan_out, new_id, now, run_admitted
+from llmaas.serving.tools import ToolCallStream, ToolPlan
 
 
 def _lp_entry(lp: TokenLogprob) -> dict:
@@ -46,6 +46,7 @@ class ChatChoices:
     def __init__(self, head: dict, n: int, logprobs: bool) -> None:
         self.head = head
         self.texts = [""] * n
+        self.calls: list[list[dict]] = [[] for _ in range(n)]
         # With logprobs requested a choice has a list even if no token came with one.
         self.lps: list[list[dict] | None] = [[] if logprobs else None for _ in range(n)]
         self.finish: list[str | None] = [None] * n
@@ -56,7 +57,12 @@ class ChatChoices:
             self.usage = chunk["usage"]
         for c in chunk["choices"]:
             i = c["index"]
-            self.texts[i] += c["delta"].get("content", "")
+            self.texts[i] += c["delta"].get("content") or ""
+            for d in c["delta"].get("tool_calls", ()):  # the first delta of a call has its id and name
+                if "id" in d:
+                    self.calls[i].append({"id": d["id"], "type": "function",
+                                          "function": {"name": d["function"]["name"], "arguments": ""}})
+                self.calls[i][d["index"]]["function"]["arguments"] += d["function"].get("arguments", "")
             lps = self.lps[i]
             if c["logprobs"] and lps is not None:
                 lps += c["logprobs"]["content"]
@@ -64,11 +70,17 @@ class ChatChoices:
                 self.finish[i] = c["finish_reason"]
 
     def completion(self) -> dict:
-        choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+        choices = [{"index": i, "message": self._message(i),
                     "logprobs": {"content": self.lps[i]} if self.lps[i] is not None else None,
                     "finish_reason": self.finish[i]}
-                   for i, text in enumerate(self.texts)]
+                   for i in range(len(self.texts))]
         return {**self.head, "choices": choices, "usage": self.usage}
+
+    def _message(self, i: int) -> dict:
+        if not self.calls[i]:
+            return {"role": "assistant", "content": self.texts[i], "refusal": None}
+        # As OpenAI answers a turn that calls tools: content null unless the model also wrote text.
+        return {"role": "assistant", "content": self.texts[i] or None, "refusal": None, "tool_calls": self.calls[i]}
 
 
 class ServingChat:
@@ -83,18 +95,19 @@ class ServingChat:
         # Role, model and request limits first: a refused caller costs no templating or tokenizing.
         ticket = await self.models.open_ticket(principal, body.model, "chat.completions", request_id)
         try:
-            messages = [ChatMessage(model_role(m.role), m.text()) for m in body.messages]
-            prompt = await engine.tokenize_chat_async(messages)
+            plan = ToolPlan.of(body, model_role)
+            prompt = await engine.tokenize_chat_async(plan.messages)
             max_tokens = max_tokens_for(
                 engine, len(prompt), body.requested_max_tokens(),
                 "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
             )
-            params = body.sampling(max_tokens, body.logprobs_k(), body.grammar(), engine.token_id)
+            params = body.sampling(max_tokens, body.logprobs_k(), plan.grammar or body.grammar(), engine.token_id)
+            params.grammar_triggers = plan.triggers
             await ticket.reserve(len(prompt), max_tokens * body.n)
         except BaseException:
             await ticket.abandon()
             raise
-        run = _Run(self.models, engine, adapter, body, principal, ticket, prompt, params)
+        run = _Run(self.models, engine, adapter, body, principal, ticket, prompt, params, plan.active)
         served = await run_admitted(ticket, engine, n_sequences=body.n, prompt_tokens=len(prompt),
                                     stream=body.stream, chunks=run.stream, fold=run.fold, watch=watch)
         if served.body is not None and run.keep_in is not None:  # a stream stores its own at its end
@@ -106,8 +119,10 @@ class _Run:
     """One admitted chat request: its engine, prompt and sampling parameters."""
 
     def __init__(self, models: ServedModels, engine: EngineClient, adapter: str | None, body: ChatCompletionRequest,
-                 principal: Principal, ticket: AnyTicket, prompt: list[int], params: SamplingParams) -> None:
+                 principal: Principal, ticket: AnyTicket, prompt: list[int], params: SamplingParams,
+                 tools: bool = False) -> None:
         self.models, self.engine, self.adapter, self.body = models, engine, adapter, body
+        self.tools = tools  # parse tool calls out of the output
         self.principal, self.ticket, self.prompt, self.params = principal, ticket, prompt, params
         self.head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": body.model,
                      "system_fingerprint": None}
@@ -121,6 +136,7 @@ class _Run:
         """The chunks of this completion, the last one with no choices and the usage."""
         chunk = {**self.head, "object": "chat.completion.chunk"}
         completion, cached, started = 0, 0, set()
+        calls = [ToolCallStream() for _ in range(self.body.n)] if self.tools else None
         deltas = fan_out(self.engine, [self.prompt], self.params, self.body.n, self.adapter)
         async with aclosing(deltas):  # closed at once when our consumer stops: that aborts the sequences
             async for i, out in deltas:
@@ -129,11 +145,21 @@ class _Run:
                     started.add(i)
                     yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                  "logprobs": None, "finish_reason": None}]}
-                if out.text or out.finished or out.logprobs:
+                text, tool_deltas, finish = out.text, [], out.finish_reason
+                if calls is not None:
+                    text, tool_deltas = calls[i].feed(out.text)
+                    if out.finished:
+                        text += calls[i].finish()
+                        if calls[i].calls and finish == "stop":
+                            finish = "tool_calls"
+                for d in tool_deltas:
+                    yield {**chunk, "choices": [{"index": i, "delta": {"tool_calls": [d]}, "logprobs": None,
+                                                 "finish_reason": None}]}
+                if text or out.finished or out.logprobs:
                     lps = {"content": [_lp_entry(x) for x in out.logprobs]} if out.logprobs else None
-                    delta = {"content": out.text} if out.text else {}
+                    delta = {"content": text} if text else {}
                     yield {**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lps,
-                                                 "finish_reason": out.finish_reason}]}
+                                                 "finish_reason": finish}]}
                 if out.finished:
                     completion += out.completion_tokens
                     cached = max(cached, out.cached_tokens)

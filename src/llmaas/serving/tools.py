@@ -1,0 +1,216 @@
+"""Tool calling on chat completions: what the model sees, what it may produce, and how its output becomes
+OpenAI's `tool_calls`.
+
+The format is Hermes / Qwen 2.5's, the one most small open models were tuned on: the tools are listed as JSON
+inside `<tools></tools>` in the system message, the model answers a call as
+`<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, an assistant turn that made calls is rendered
+the same way, and tool results go back as a user turn of `<tool_response>` blocks. It is rendered into plain
+messages before the model's own chat template, so it works with any template, including those without a tools
+section.
+
+Constrained decoding makes every call valid: a GBNF grammar built from the tools' schemas (a call names one of
+the tools and its arguments validate against that tool's `parameters`). `required` and a named function apply
+it from the first token; `auto` applies it lazily, from the moment the model writes `<tool_call>` (as
+llama.cpp's server does), so the model may answer in text instead; `parallel_tool_calls: false` allows exactly
+one call.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from llmaas.core.errors import InvalidRequestError
+from llmaas.engine.chat_template import ChatMessage
+from llmaas.engine.grammar import json_grammar
+from llmaas.protocol.openai import ChatCompletionRequest, ChatMessageIn, NamedToolChoice, ToolDef
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# The lazy grammar's trigger: llama.cpp matches it against everything generated so far, and constrains from the
+# first capture group on.
+TRIGGER_PATTERN = r"[\s\S]*?(<tool_call>)[\s\S]*"
+COMPILE_TIMEOUT_S = 2.0
+_COMPILER = concurrent.futures.ThreadPoolExecutor  # built per call: no pool lives at import
+
+
+def _tools_block(tools: list[ToolDef]) -> str:
+    listed = "\n".join(json.dumps(t.model_dump(mode="json", exclude_none=True), ensure_ascii=False) for t in tools)
+    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{listed}\n</tools>\n\n"
+            "For each function call, return a json object with function name and arguments within "
+            "<tool_call></tool_call> XML tags:\n"
+            f'{OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{CLOSE}')
+
+
+def _call_text(name: str, arguments: str) -> str:
+    try:
+        args = json.loads(arguments)
+    except ValueError:
+        args = arguments  # kept as the model wrote it: the history must not change under the model
+    return f"{OPEN}\n{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}\n{CLOSE}"
+
+
+def render(messages: list[ChatMessageIn], tools: list[ToolDef] | None, role_of) -> list[ChatMessage]:
+    """The conversation as plain messages for the model's template: the tools in the system message (when
+    given), assistant calls and tool results in the Hermes format."""
+    out: list[ChatMessage] = []
+    if tools:
+        block = _tools_block(tools)
+        first = messages[0] if messages else None
+        if first is not None and role_of(first.role) == "system":
+            out.append(ChatMessage("system", f"{first.text()}\n\n{block}"))
+            messages = messages[1:]
+        else:
+            out.append(ChatMessage("system", block))
+    for m in messages:
+        if m.role == "tool":
+            text = f"<tool_response>\n{m.text()}\n</tool_response>"
+            if out and out[-1].role == "user" and out[-1].content.startswith("<tool_response>"):
+                out[-1] = ChatMessage("user", f"{out[-1].content}\n{text}")  # results of parallel calls: one turn
+            else:
+                out.append(ChatMessage("user", text))
+        elif m.role == "assistant" and m.tool_calls:
+            calls = "\n".join(_call_text(c.function.name, c.function.arguments) for c in m.tool_calls)
+            out.append(ChatMessage("assistant", f"{m.text()}\n{calls}" if m.text() else calls))
+        else:
+            out.append(ChatMessage(role_of(m.role), m.text()))
+    return out
+
+
+def _call_schema(tools: list[ToolDef]) -> dict:
+    def one(t: ToolDef) -> dict:
+        params = t.function.parameters or {"type": "object", "properties": {}}
+        return {"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": params},
+                "required": ["name", "arguments"], "additionalProperties": False}
+
+    return one(tools[0]) if len(tools) == 1 else {"anyOf": [one(t) for t in tools]}
+
+
+def _compile(tools: list[ToolDef], parallel: bool) -> str:
+    try:
+        inner = json_grammar(_call_schema(tools))
+    except InvalidRequestError as e:
+        raise InvalidRequestError(f"the tools' parameters cannot be turned into a grammar: {e.message}",
+                                  param="tools") from e
+    # The converter's root is one call's JSON; ours wraps it in the markers, once or repeated.
+    inner = re.sub(r"^root ::=", "tool-call-json ::=", inner, flags=re.M)
+    call = f'"{OPEN}\\n" tool-call-json "\\n{CLOSE}"'
+    root = f"root ::= {call} ( \"\\n\" {call} )*" if parallel else f"root ::= {call}"
+    return f"{root}\n{inner}"
+
+
+@dataclass
+class ToolPlan:
+    """How one request uses its tools: the rendered messages, the grammar and when it applies."""
+
+    messages: list[ChatMessage]
+    grammar: str | None = None
+    triggers: list[str] = field(default_factory=list)  # lazy grammar: constrain once one matches
+    active: bool = False  # tool calls are parsed out of the output
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest, role_of) -> ToolPlan:
+        body.check_tools()
+        choice = body.tool_choice or ("auto" if body.tools else "none")
+        if not body.tools or choice == "none":
+            return cls(render(body.messages, None, role_of))
+        if body.response_format is not None and body.response_format.type != "text":
+            raise InvalidRequestError("response_format cannot be combined with tools (unless tool_choice is "
+                                      "'none'): the tools' grammar already decides the output's shape",
+                                      param="response_format")
+        tools = body.tools
+        if isinstance(choice, NamedToolChoice):
+            tools = [t for t in tools if t.function.name == choice.function.name]
+        parallel = body.parallel_tool_calls and not isinstance(choice, NamedToolChoice)
+        pool = _COMPILER(max_workers=1)  # a schema that takes the converter too long is refused, not waited on
+        try:
+            grammar = pool.submit(_compile, tools, parallel).result(timeout=COMPILE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            raise InvalidRequestError(f"the tools' parameters took over {COMPILE_TIMEOUT_S:g} s to compile into "
+                                      "a grammar; simplify their JSON schemas", param="tools") from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return cls(render(body.messages, body.tools, role_of), grammar,
+                   [TRIGGER_PATTERN] if choice == "auto" else [], True)
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+class ToolCallStream:
+    """Splits one choice's streamed text into content and tool calls. Content passes through at once, except a
+    tail that may be the start of `<tool_call>`; a call is held until `</tool_call>` and then emitted as OpenAI's
+    streaming deltas: id, type and name first, then the arguments."""
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.calls: list[dict] = []  # {"id", "name", "arguments"}
+        self._in_call = self._after_call = False
+
+    def feed(self, text: str) -> tuple[str, list[dict]]:
+        """(content to emit now, tool-call deltas to emit now)."""
+        self.buf += text
+        content, deltas = "", []
+        while True:
+            if not self._in_call:
+                if self._after_call:  # the newline between parallel calls is part of the format, not content
+                    self.buf = self.buf.lstrip("\n")
+                    if not self.buf:
+                        return content, deltas
+                    self._after_call = False
+                i = self.buf.find(OPEN)
+                if i < 0:
+                    keep = _partial_suffix(self.buf, OPEN)
+                    content += self.buf[:len(self.buf) - keep]
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    return content, deltas
+                content += self.buf[:i]
+                self.buf = self.buf[i + len(OPEN):]
+                self._in_call = True
+            j = self.buf.find(CLOSE)
+            if j < 0:
+                return content, deltas
+            raw, self.buf = self.buf[:j], self.buf[j + len(CLOSE):]
+            self._in_call = False
+            call = _parse_call(raw)
+            if call is None:  # not a call after all (unconstrained text): it stays the model's words
+                content += f"{OPEN}{raw}{CLOSE}"
+                continue
+            deltas += self._emit(*call)
+            self._after_call = True
+
+    def _emit(self, name: str, arguments: str) -> list[dict]:
+        index, cid = len(self.calls), new_call_id()
+        self.calls.append({"id": cid, "name": name, "arguments": arguments})
+        return [{"index": index, "id": cid, "type": "function", "function": {"name": name, "arguments": ""}},
+                {"index": index, "function": {"arguments": arguments}}]
+
+    def finish(self) -> str:
+        """At the end: what is still held back is content (an unfinished call's text included)."""
+        rest = (OPEN if self._in_call else "") + self.buf
+        self.buf, self._in_call = "", False
+        return rest
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `marker`."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0
+
+
+def _parse_call(raw: str) -> tuple[str, str] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or "arguments" not in obj:
+        return None
+    args = obj["arguments"]
+    return obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
