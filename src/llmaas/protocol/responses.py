@@ -158,7 +158,7 @@ class ResponseCreateRequest(BaseModel):
             raise InvalidRequestError(f"tool_choice of type {c.get('type')!r} is not supported: only function "
                                       "tools are.", param="tool_choice.type")
         name = c.get("name")
-        if name not in {t["name"] for t in tools}:
+        if not isinstance(name, str) or name not in {t["name"] for t in tools}:
             raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the function tools.",
                                       param="tool_choice.name")
         return {"type": "function", "name": name}
