@@ -28,6 +28,7 @@ from llmaas.api.routers import (
     fine_tuning,
     health,
     models,
+    responses,
     stored_completions,
     usage,
 )
@@ -110,7 +111,7 @@ def create_app(
     if settings.trusted_proxy_list():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
-              files.router, fine_tuning.router, evals.router, stored_completions.router, admin.router,
+              files.router, fine_tuning.router, evals.router, stored_completions.router, responses.router, admin.router,
               admin_models.router, admin_deployments.router):
         app.include_router(r)
     return app

@@ -66,6 +66,20 @@ async def sse_events(chunks: AsyncGenerator[dict, None]) -> AsyncIterator[str]:
         await chunks.aclose()
 
 
+async def sse_typed_events(events: AsyncGenerator[dict, None]) -> AsyncIterator[str]:
+    """The SSE frames of events that carry their type (the Responses API): an `event:` line named after it,
+    then its data, and no [DONE], as OpenAI frames them. The events report their own failures; an error
+    escaping anyway still ends the stream with an error frame."""
+    try:
+        try:
+            async for ev in events:
+                yield f"event: {ev['type']}\n" + sse(ev)
+        except Exception as e:
+            yield "event: error\n" + sse_error(e)
+    finally:
+        await events.aclose()
+
+
 def sse_response(events: AsyncIterator[str], headers: dict[str, str] | None = None) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})

@@ -14,6 +14,7 @@ from llmaas.control.billing.catalog import Catalog
 from llmaas.control.billing.metering import Meter
 from llmaas.control.data.crypto import MasterKey
 from llmaas.control.data.files import FileService
+from llmaas.control.data.responses import ResponseStore
 from llmaas.control.data.stored_completions import StoredCompletionService
 from llmaas.control.db.database import Database
 from llmaas.control.jobs.queue import JobQueue
@@ -45,6 +46,7 @@ class ControlPlane:
         self.registry = ModelRegistry(self.db, settings.artifact_dir)
         self.models = ModelCatalog(self.db)
         self.stored = StoredCompletionService(self.db, settings.store_retention_days)
+        self.responses = ResponseStore(self.db, settings.store_retention_days)  # the same retention
         self.admin_secret: str | None = None
         self._stop = threading.Event()
         self._purger: threading.Thread | None = None
@@ -83,14 +85,16 @@ class ControlPlane:
         return cp
 
     def _purge_loop(self) -> None:
-        """Delete expired stored completions now and every `store_purge_interval_s`. Several API processes
-        may each run this: the deletes are idempotent."""
+        """Delete expired stored completions and responses now and every `store_purge_interval_s`. Several
+        API processes may each run this: the deletes are idempotent."""
         while True:
-            try:
-                n = self.stored.purge_expired()
-                log.log(logging.INFO if n else logging.DEBUG, "purged %d expired stored completion(s)", n)
-            except Exception:  # a failed round (database busy or away) is retried next round
-                log.exception("purging expired stored completions failed")
+            for what, purge in (("stored completion", self.stored.purge_expired),
+                                ("stored response", self.responses.purge_expired)):
+                try:
+                    n = purge()
+                    log.log(logging.INFO if n else logging.DEBUG, "purged %d expired %s(s)", n, what)
+                except Exception:  # a failed round (database busy or away) is retried next round
+                    log.exception("purging expired %ss failed", what)
             if self._stop.wait(self.settings.store_purge_interval_s):
                 return
 

@@ -278,6 +278,27 @@ class CompletionFeedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class StoredResponse(Base):
+    """A response of the Responses API (`store`, true by default): what it was asked, its input items (the
+    whole conversation it continued) and its output items, kept for the tenant's stored-completion retention."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_tenant_time", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_...
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16))  # completed | incomplete
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request: Mapped[dict] = mapped_column(JSON)  # the parameters a Response object echoes (tools, text, ...)
+    input_items: Mapped[list] = mapped_column(JSON)  # earlier turns' items, then this request's input
+    output: Mapped[list] = mapped_column(JSON)  # the output items as returned
+    usage: Mapped[dict | None] = mapped_column(JSON)
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+
+
 class CatalogModel(Base):
     """A base model in the run-time catalog: where its weights are, what it can do, who sees it, and whether
     the server loads it at start. Whether it is loaded now is the serving process's state, not stored."""
