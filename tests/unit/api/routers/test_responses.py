@@ -25,7 +25,7 @@ def env(request, tmp_path):
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
     # eos_after: the fake model stops by itself at that position, so a short conversation completes (a long
     # one may stop at once) rather than running out of tokens
-    with make_client(data_dir=tmp_path, database_url=url, context_size=1024, eos_after=300) as c:
+    with make_client(data_dir=tmp_path, database_url=url, context_size=2048, eos_after=1000) as c:
         a = Admin(c)
         t1, t2 = a.tenant("one"), a.tenant("two")
         keys = {"one": a.key(t1)[1], "two": a.key(t2)[1], "reader": a.key(t1, role="reader")[1]}
