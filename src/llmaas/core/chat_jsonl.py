@@ -1,10 +1,13 @@
 """Chat JSONL, the one dataset format of fine-tuning files, stored-completion exports and eval files.
 
-Each line: {"messages": [{"role": "system"|"developer"|"user"|"assistant", "content": "..."}, ...]}. Content
-is a string or a list of {"type": "text", "text": ...} parts; "developer" is what newer clients call
+Each line: {"messages": [{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": "..."}, ...]}.
+Content is a string or a list of {"type": "text", "text": ...} parts; "developer" is what newer clients call
 "system", and the model sees it as such. An assistant message may carry "weight": 0 or 1 (0 = context
-only, not trained on). The control plane checks files with `check_example`, the worker reads them with
-`read_examples`, training renders the messages and evals read their rows through the same helpers."""
+only, not trained on). As in OpenAI's fine-tuning format, a line may list "tools" and an assistant message may
+make "tool_calls" (then its content may be null); tool results are "tool" messages. They reach the model in
+llmaas.core.tool_format's format, the one it is served with. The control plane checks files with
+`check_example`, the worker reads them with `read_examples`, training renders the messages and evals read
+their rows through the same helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import cast
 
-ROLES = ("system", "developer", "user", "assistant")
+from llmaas.core import tool_format
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def content_text(content: object, *, strict: bool = True) -> str | None:
@@ -60,6 +65,9 @@ def check_example(obj: object) -> str | None:
     msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
         return "missing 'messages' (a non-empty list)"
+    tools = obj.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(_is_function(t) for t in tools)):
+        return "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}}"
     has_assistant = False
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
@@ -67,7 +75,14 @@ def check_example(obj: object) -> str | None:
         role = m.get("role")
         if role not in ROLES:
             return f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}"
-        text = content_text(m.get("content"))
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if role != "assistant" or not isinstance(calls, list) or not all(_is_call(c) for c in calls):
+                return (f"messages[{i}].tool_calls must be a list of {{\"type\": \"function\", \"function\": "
+                        "{\"name\", \"arguments\"}} on an assistant message")
+            if calls:
+                has_assistant = True
+        text = content_text(m.get("content")) if m.get("content") is not None or not calls else ""
         if text is None:
             return f"messages[{i}].content must be a string (or a list of text parts)"
         if "weight" in m and (role != "assistant" or m["weight"] not in (0, 1)):
@@ -77,6 +92,16 @@ def check_example(obj: object) -> str | None:
     if not has_assistant:
         return "no assistant message with content: nothing to learn from"
     return None
+
+
+def _is_function(t: object) -> bool:
+    return isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict) \
+        and isinstance(t["function"].get("name"), str)
+
+
+def _is_call(c: object) -> bool:
+    return isinstance(c, dict) and c.get("type", "function") == "function" and isinstance(c.get("function"), dict) \
+        and isinstance(c["function"].get("name"), str) and isinstance(c["function"].get("arguments"), (str, dict))
 
 
 def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -91,9 +116,13 @@ def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def normalise(obj: dict) -> dict:
-    """A checked example as the model sees it: content as text, "developer" as "system"."""
-    return {**obj, "messages": [{**m, "role": model_role(m["role"]), "content": content_text(m["content"])}
-                                for m in obj["messages"]]}
+    """A checked example as the model sees it: content as text, "developer" as "system", tools and tool calls
+    in the serving format."""
+    msgs = [{**m, "role": model_role(m["role"]), "content": content_text(m.get("content"), strict=False)}
+            for m in obj["messages"]]
+    if obj.get("tools") or any(m.get("tool_calls") or m["role"] == "tool" for m in msgs):
+        msgs = tool_format.render(msgs, obj.get("tools"))
+    return {**{k: v for k, v in obj.items() if k != "tools"}, "messages": msgs}
 
 
 def read_examples(chunks: Iterable[bytes]) -> Iterator[dict]:

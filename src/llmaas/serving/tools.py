@@ -23,12 +23,13 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from llmaas.core import tool_format
 from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.grammar import json_grammar
 from llmaas.protocol.openai import ChatCompletionRequest, ChatMessageIn, NamedToolChoice, ToolDef
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
+OPEN, CLOSE = tool_format.OPEN, tool_format.CLOSE
 # The lazy grammar's trigger: llama.cpp matches it against everything generated so far, and constrains from the
 # first capture group on.
 TRIGGER_PATTERN = r"[\s\S]*?(<tool_call>)[\s\S]*"
@@ -36,49 +37,13 @@ COMPILE_TIMEOUT_S = 2.0
 _COMPILER = concurrent.futures.ThreadPoolExecutor  # built per call: no pool lives at import
 
 
-def _tools_block(tools: list[ToolDef]) -> str:
-    listed = "\n".join(json.dumps(t.model_dump(mode="json", exclude_none=True), ensure_ascii=False) for t in tools)
-    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-            "You are provided with function signatures within <tools></tools> XML tags:\n"
-            f"<tools>\n{listed}\n</tools>\n\n"
-            "For each function call, return a json object with function name and arguments within "
-            "<tool_call></tool_call> XML tags:\n"
-            f'{OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{CLOSE}')
-
-
-def _call_text(name: str, arguments: str) -> str:
-    try:
-        args = json.loads(arguments)
-    except ValueError:
-        args = arguments  # kept as the model wrote it: the history must not change under the model
-    return f"{OPEN}\n{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}\n{CLOSE}"
-
-
 def render(messages: list[ChatMessageIn], tools: list[ToolDef] | None, role_of) -> list[ChatMessage]:
-    """The conversation as plain messages for the model's template: the tools in the system message (when
-    given), assistant calls and tool results in the Hermes format."""
-    out: list[ChatMessage] = []
-    if tools:
-        block = _tools_block(tools)
-        first = messages[0] if messages else None
-        if first is not None and role_of(first.role) == "system":
-            out.append(ChatMessage("system", f"{first.text()}\n\n{block}"))
-            messages = messages[1:]
-        else:
-            out.append(ChatMessage("system", block))
-    for m in messages:
-        if m.role == "tool":
-            text = f"<tool_response>\n{m.text()}\n</tool_response>"
-            if out and out[-1].role == "user" and out[-1].content.startswith("<tool_response>"):
-                out[-1] = ChatMessage("user", f"{out[-1].content}\n{text}")  # results of parallel calls: one turn
-            else:
-                out.append(ChatMessage("user", text))
-        elif m.role == "assistant" and m.tool_calls:
-            calls = "\n".join(_call_text(c.function.name, c.function.arguments) for c in m.tool_calls)
-            out.append(ChatMessage("assistant", f"{m.text()}\n{calls}" if m.text() else calls))
-        else:
-            out.append(ChatMessage(role_of(m.role), m.text()))
-    return out
+    """The conversation as plain messages for the model's template (llmaas.core.tool_format)."""
+    plain = [{"role": role_of(m.role), "content": m.text(),
+              **({"tool_calls": [c.model_dump(mode="json") for c in m.tool_calls]} if m.tool_calls else {})}
+             for m in messages]
+    listed = [t.model_dump(mode="json", exclude_none=True) for t in tools] if tools else None
+    return [ChatMessage(m["role"], m["content"]) for m in tool_format.render(plain, listed)]
 
 
 def _call_schema(tools: list[ToolDef]) -> dict:

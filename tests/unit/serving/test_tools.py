@@ -141,3 +141,23 @@ def _api_checks(client) -> None:
                                                   "tools": [WEATHER], "max_tokens": 4})
     assert r.status_code == 200, r.text  # the fake model writes no call: plain content, finish "length"
     assert r.json()["choices"][0]["message"]["content"] and r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_fine_tuning_lines_with_tools_are_checked_and_trained_in_the_serving_format():
+    from llmaas.core.chat_jsonl import check_example, normalise
+
+    line = {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        {"role": "assistant", "content": "It is 18 C in Paris."}]}
+    assert check_example(line) is None
+    trained = normalise(line)["messages"]
+    served = ToolPlan.of(req(tools=[WEATHER], messages=line["messages"][:3]), model_role).messages
+    assert [(m["role"], m["content"]) for m in trained[:4]] == [(m.role, m.content) for m in served]
+    assert trained[2]["content"].startswith(OPEN) and trained[4] == {"role": "assistant",
+                                                                      "content": "It is 18 C in Paris."}
+    bad = {"messages": [{"role": "user", "content": "x", "tool_calls": []}, {"role": "assistant", "content": "y"}]}
+    assert "tool_calls" in check_example(bad)
+    assert "tools" in check_example({**line, "tools": [{"type": "function"}]})
