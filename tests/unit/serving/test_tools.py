@@ -12,7 +12,7 @@ from llmaas.core.chat_jsonl import model_role
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.serving.tools import CLOSE, OPEN, TRIGGER_PATTERN, ToolCallStream, ToolPlan
-from tests.unit.conftest import make_client
+from tests.unit.conftest import Admin, make_client
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -161,3 +161,26 @@ def test_fine_tuning_lines_with_tools_are_checked_and_trained_in_the_serving_for
     bad = {"messages": [{"role": "user", "content": "x", "tool_calls": []}, {"role": "assistant", "content": "y"}]}
     assert "tool_calls" in check_example(bad)
     assert "tools" in check_example({**line, "tools": [{"type": "function"}]})
+
+
+def test_a_stored_tool_call_exports_as_a_fine_tuning_line_with_its_tools():
+    from llmaas.control.auth.principal import Context
+    from llmaas.control.data.stored_completions import ExportFilter
+    from llmaas.core.chat_jsonl import check_example
+
+    with make_client() as c:
+        cp = c.app.state.control
+        admin = Admin(c)
+        t = admin.tenant("tools")
+        key_id, key = admin.key(t, role="owner")
+        principal = cp.keys.authenticate(key, None)
+        request = {"model": "fake-model", "tools": [WEATHER], "messages": [{"role": "user", "content": "Paris?"}]}
+        call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}
+        completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "fake-model",
+                      "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+                          "role": "assistant", "content": None, "tool_calls": [call]}}], "usage": None}
+        cp.stored.save(principal, completion, request, None)
+        (line,) = [json.loads(x) for x in cp.stored.export_lines(Context(principal), ExportFilter())]
+    assert line["tools"] == [WEATHER] and line["messages"][-1] == {"role": "assistant", "content": None,
+                                                                    "tool_calls": [call]}
+    assert check_example(line) is None  # a valid fine-tuning line as it stands

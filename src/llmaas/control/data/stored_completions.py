@@ -213,12 +213,18 @@ class StoredCompletionService:
                 rated_ok = f.min_rating is None or (rating is not None and rating >= f.min_rating)
                 if not (rated_ok or (f.include_corrected and correction)):
                     continue
+                calls = None if correction else _first_calls(c.response)
                 answer = correction or _first_answer(c.response)
-                if not answer.strip():
+                if not answer.strip() and not calls:
                     continue  # nothing to learn from
                 msgs = [_example_message(m) for m in c.request.get("messages", [])]
-                yield json.dumps({"messages": [*msgs, {"role": "assistant", "content": answer}]},
-                                 ensure_ascii=False).encode() + b"\n"
+                reply: dict = {"role": "assistant", "content": answer or None}
+                if calls:
+                    reply["tool_calls"] = calls
+                line: dict = {"messages": [*msgs, reply]}
+                if c.request.get("tools"):  # OpenAI's fine-tuning format: the tools the calls were made with
+                    line["tools"] = c.request["tools"]
+                yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
 
 
 def _first_answer(response: dict) -> str:
@@ -226,8 +232,14 @@ def _first_answer(response: dict) -> str:
     return ((choices[0].get("message") or {}).get("content") or "") if choices else ""
 
 
+def _first_calls(response: dict) -> list[dict] | None:
+    choices = response.get("choices") or []
+    return ((choices[0].get("message") or {}).get("tool_calls") or None) if choices else None
+
+
 def _example_message(m: dict) -> dict:
     out = {"role": m.get("role"), "content": m.get("content") if m.get("content") is not None else ""}
-    if m.get("name"):
-        out["name"] = m["name"]
+    for key in ("name", "tool_calls", "tool_call_id"):  # a tool-using conversation exports whole
+        if m.get(key):
+            out[key] = m[key]
     return out
