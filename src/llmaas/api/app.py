@@ -20,6 +20,7 @@ from llmaas.api.routers import (
     admin,
     admin_deployments,
     admin_models,
+    batches,
     chat,
     completions,
     embeddings,
@@ -36,6 +37,7 @@ from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.metrics import ControlMetrics, EngineMetrics
 from llmaas.engine.client import EngineClient
+from llmaas.serving.batches import BatchRunner
 from llmaas.serving.catalog import ModelLoader
 from llmaas.serving.deployments import Cluster, LocalDeployments
 from llmaas.serving.models import ServedModels
@@ -84,9 +86,16 @@ def create_app(
         # Full collections over it paused the event loop for 70-140 ms (every request waited, /health too).
         gc.collect()
         gc.freeze()
+        # Batch lines run here, in the process that holds the engines, at a priority below interactive requests.
+        runner = BatchRunner(app.state.served, cp, settings) if cp is not None else None
+        if runner is not None:
+            runner.start()
+        app.state.batch_runner = runner
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.close()  # before the control plane closes: a batch in progress is handed back
             if cluster is not None:
                 await cluster.close()
             await loader.close()
@@ -111,7 +120,8 @@ def create_app(
     if settings.trusted_proxy_list():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,
-              files.router, fine_tuning.router, evals.router, stored_completions.router, responses.router, admin.router,
+              files.router, batches.router, fine_tuning.router, evals.router, stored_completions.router,
+              responses.router, admin.router,
               admin_models.router, admin_deployments.router):
         app.include_router(r)
     return app

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmaas.control.auth.principal import SPENDERS, Principal
@@ -51,6 +52,10 @@ class Ticket:
     completion_tokens: int = 0
     cached_tokens: int = 0
     settled: bool = False
+    # A batch line's ticket (serving/batches.py): priced with the catalog's batch discount, and its usage handed
+    # to `on_usage` instead of the meter's queue, to be written with the line's result in one transaction.
+    batch: bool = False
+    on_usage: Callable[[UsageEvent], None] | None = None
 
     def usage(self, prompt: int, completion: int, cached: int = 0) -> None:
         self.prompt_tokens, self.completion_tokens, self.cached_tokens = prompt, completion, cached
@@ -83,8 +88,9 @@ class Admission:
                  metrics: ControlMetrics) -> None:
         self.limiter, self.budgets, self.meter, self.catalog, self.metrics = limiter, budgets, meter, catalog, metrics
 
-    async def open(self, p: Principal, model: str, endpoint: str, request_id: str) -> Ticket:
-        """Phase one: role, model access, requests per minute and parallel requests."""
+    async def open(self, p: Principal, model: str, endpoint: str, request_id: str, *, batch: bool = False) -> Ticket:
+        """Phase one: role, model access, requests per minute and parallel requests. `batch`: a batch line,
+        priced at the catalog's batch price."""
         p.require(*SPENDERS)
         if not p.can_use_model(model):
             raise ModelNotFoundError(model)
@@ -99,8 +105,9 @@ class Admission:
             if not decision.ok:
                 raise self._refused(p, model, decision, scopes, 0)
         headers = decision.headers() if decision else {}
-        return Ticket(self, p, model, endpoint, request_id, lease, 0, self.catalog.price(model), scopes, [],
-                      headers)
+        price = self.catalog.price(model)
+        return Ticket(self, p, model, endpoint, request_id, lease, 0, price.for_batch() if batch else price, scopes,
+                      [], headers, batch=batch)
 
     async def reserve(self, t: Ticket, prompt_tokens: int, max_tokens: int) -> None:
         """Phase two: tokens per minute and the budget, for the worst case of this request."""
@@ -122,6 +129,8 @@ class Admission:
             try:
                 t.holds, t.price = await asyncio.to_thread(self.budgets.admit, budget_scopes, t.model,
                                                            prompt_tokens, max_tokens, t.price)
+                if t.batch:  # admit read the interactive price from the database
+                    t.price = t.price.for_batch(self.catalog.price(t.model).batch_discount)
             except QuotaExceededError:
                 t.holds = []
                 self.metrics.rate_limited(p.tenant_id, "budget")
@@ -163,7 +172,7 @@ class Admission:
             await self.limiter.release(t.scopes, t.reserved_tokens - used, t.lease)
         cost = t.price.cost(t.prompt_tokens, t.completion_tokens)
         self.budgets.release(t.holds or [], cost)
-        self.meter.submit(UsageEvent(
+        (t.on_usage or self.meter.submit)(UsageEvent(
             request_id=t.request_id, tenant_id=t.principal.tenant_id, key_id=t.principal.key_id, model=t.model,
             endpoint=t.endpoint, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
             cached_tokens=t.cached_tokens, cost_pico=cost, latency_ms=(time.perf_counter() - t.started) * 1000,

@@ -225,11 +225,21 @@ class BatchScheduler:
     def _admit(self, out: list) -> None:
         free = [i for i, s in enumerate(self._slots) if s.seq is None]
         while self._waiting and free:
-            seq = self._waiting.popleft()
+            seq = self._next_waiting()
             try:
                 self._place(seq, free, out)
             except Exception as e:  # this request's own failure (its sampler, its grammar): it alone ends
                 self._fail(seq, e, out)
+
+    def _next_waiting(self) -> Seq:
+        """The waiting request to admit next: the first of the lowest priority (interactive requests before
+        batch lines), so arrival order is kept within a priority."""
+        first = self._waiting[0]
+        if first.req.priority == 0:  # the common case: no scan
+            return self._waiting.popleft()
+        seq = min(self._waiting, key=lambda s: s.req.priority)  # min() keeps the first of equals
+        self._waiting.remove(seq)
+        return seq
 
     def _place(self, seq: Seq, free: list[int], out: list) -> None:
         """Give `seq` one of the `free` slots (reusing or copying cached KV) and its sampler."""
@@ -292,7 +302,8 @@ class BatchScheduler:
         n_decode = len(entries)
         budget = min(room - n_decode, self._prefill_budget())
         n_prefill = 0
-        for seq in sorted((s for s in active if s.pending), key=self._prefill_key):
+        # Interactive prompts prefill before batch lines' (lower priority value first), then by _prefill_key.
+        for seq in sorted((s for s in active if s.pending), key=lambda s: (s.req.priority, self._prefill_key(s))):
             if budget <= 0:
                 break
             chunk = seq.pending[:budget]

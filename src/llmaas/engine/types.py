@@ -38,6 +38,9 @@ class GenerationRequest:
     prompt_tokens: list[int]
     params: SamplingParams
     adapter: str | None = None  # name of a LoRA adapter registered with the engine; None: the base model
+    # Admission order among waiting requests: lower first. 0 = interactive; batch lines (serving/batches.py) use 1,
+    # so they only fill slots interactive requests leave idle.
+    priority: int = 0
 
 
 @dataclass(slots=True)

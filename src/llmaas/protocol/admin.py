@@ -81,6 +81,8 @@ class PriceSet(_Strict):
     input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     training_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    batch_discount: float | None = Field(default=None, ge=0, le=1,
+                                         description="Fraction off input and output prices for batch lines")
 
 
 Capability = Literal["chat", "completions", "embeddings", "fine_tuning"]

@@ -88,9 +88,10 @@ class ServingChat:
         self.models = models
 
     async def create(self, body: ChatCompletionRequest, principal: Principal, request_id: str,
-                     watch: Watch | None = None) -> Served:
+                     watch: Watch | None = None, *, priority: int = 0) -> Served:
         """Admit, template and run `body`. `watch` runs the generation of a non-streamed request (e.g.
-        cancelling it when the client goes away); a stream's consumer stops it by closing the iterator."""
+        cancelling it when the client goes away); a stream's consumer stops it by closing the iterator.
+        `priority`: the engine's admission order (0 interactive; batch lines pass 1, see serving/batches.py)."""
         engine, adapter = await self.models.resolve(body.model, principal, "chat")
         # Role, model and request limits first: a refused caller costs no templating or tokenizing.
         ticket = await self.models.open_ticket(principal, body.model, "chat.completions", request_id)
@@ -107,7 +108,7 @@ class ServingChat:
         except BaseException:
             await ticket.abandon()
             raise
-        run = _Run(self.models, engine, adapter, body, principal, ticket, prompt, params, plan.active)
+        run = _Run(self.models, engine, adapter, body, principal, ticket, prompt, params, plan.active, priority)
         served = await run_admitted(ticket, engine, n_sequences=body.n, prompt_tokens=len(prompt),
                                     stream=body.stream, chunks=run.stream, fold=run.fold, watch=watch)
         if served.body is not None and run.keep_in is not None:  # a stream stores its own at its end
@@ -120,9 +121,10 @@ class _Run:
 
     def __init__(self, models: ServedModels, engine: EngineClient, adapter: str | None, body: ChatCompletionRequest,
                  principal: Principal, ticket: AnyTicket, prompt: list[int], params: SamplingParams,
-                 tools: bool = False) -> None:
+                 tools: bool = False, priority: int = 0) -> None:
         self.models, self.engine, self.adapter, self.body = models, engine, adapter, body
         self.tools = tools  # parse tool calls out of the output
+        self.priority = priority
         self.principal, self.ticket, self.prompt, self.params = principal, ticket, prompt, params
         self.head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": body.model,
                      "system_fingerprint": None}
@@ -137,7 +139,7 @@ class _Run:
         chunk = {**self.head, "object": "chat.completion.chunk"}
         completion, cached, started = 0, 0, set()
         calls = [ToolCallStream() for _ in range(self.body.n)] if self.tools else None
-        deltas = fan_out(self.engine, [self.prompt], self.params, self.body.n, self.adapter)
+        deltas = fan_out(self.engine, [self.prompt], self.params, self.body.n, self.adapter, self.priority)
         async with aclosing(deltas):  # closed at once when our consumer stops: that aborts the sequences
             async for i, out in deltas:
                 meter.add(i, out)

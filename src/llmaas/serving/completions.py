@@ -69,8 +69,8 @@ class ServingCompletion:
         self.models = models
 
     async def create(self, body: CompletionRequest, principal: Principal, request_id: str,
-                     watch: Watch | None = None) -> Served:
-        """Admit, tokenize and run `body` (see ServingChat.create for `watch`)."""
+                     watch: Watch | None = None, *, priority: int = 0) -> Served:
+        """Admit, tokenize and run `body` (see ServingChat.create for `watch` and `priority`)."""
         engine, adapter = await self.models.resolve(body.model, principal, "completions")
         if body.echo or body.suffix or (body.best_of or 1) > 1:
             param = "echo" if body.echo else "suffix" if body.suffix else "best_of"
@@ -85,7 +85,7 @@ class ServingCompletion:
         except BaseException:
             await ticket.abandon()
             raise
-        run = _Run(engine, adapter, body, ticket, prompts, params)
+        run = _Run(engine, adapter, body, ticket, prompts, params, priority)
         return await run_admitted(ticket, engine, n_sequences=run.n_choices, prompt_tokens=run.prompt_tokens,
                                   stream=body.stream, chunks=run.stream, fold=run.fold, watch=watch)
 
@@ -111,8 +111,9 @@ class _Run:
     """One admitted completion request: its engine, prompts and sampling parameters."""
 
     def __init__(self, engine: EngineClient, adapter: str | None, body: CompletionRequest, ticket: AnyTicket,
-                 prompts: list[list[int]], params: SamplingParams) -> None:
+                 prompts: list[list[int]], params: SamplingParams, priority: int = 0) -> None:
         self.engine, self.adapter, self.body, self.ticket = engine, adapter, body, ticket
+        self.priority = priority
         self.prompts, self.params = prompts, params
         self.n_choices = len(prompts) * body.n
         self.prompt_tokens = sum(len(t) for t in prompts)
@@ -124,7 +125,7 @@ class _Run:
         logprobs but no text yet is a chunk too: the fold keeps its logprobs (a stream skips it)."""
         want_lp = self.body.logprobs is not None
         completion = 0
-        deltas = fan_out(self.engine, self.prompts, self.params, self.body.n, self.adapter)
+        deltas = fan_out(self.engine, self.prompts, self.params, self.body.n, self.adapter, self.priority)
         async with aclosing(deltas):  # closed at once when our consumer stops: that aborts the sequences
             async for i, out in deltas:
                 meter.add(i, out)

@@ -23,14 +23,16 @@ def now() -> int:
 
 
 async def fan_out(
-    engine: EngineClient, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None
+    engine: EngineClient, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None,
+    priority: int = 0,
 ) -> AsyncGenerator[tuple[int, GenerationOutput], None]:
     """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
-    Closing this iterator (client gone) aborts every sequence still running."""
+    Closing this iterator (client gone) aborts every sequence still running. `priority`: the engine's
+    admission order (GenerationRequest.priority; batch lines are 1)."""
     engine.check_capacity(len(prompts) * n)
     base_id = uuid.uuid4().hex
     if len(prompts) * n == 1:  # one sequence: no task and queue in between (one wake-up per token, not two)
-        gen = engine.generate(GenerationRequest(f"{base_id}-0", prompts[0], params, adapter))
+        gen = engine.generate(GenerationRequest(f"{base_id}-0", prompts[0], params, adapter, priority))
         try:
             async for out in gen:
                 if out.finish_reason == "error":
@@ -46,7 +48,7 @@ async def fan_out(
         if params.seed is not None and index:
             p = SamplingParams(**{**_fields(params), "seed": params.seed + index})
         try:
-            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p, adapter)):
+            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p, adapter, priority)):
                 queue.put_nowait((index, out))
         except BaseException as e:  # delivered to the consumer, which re-raises
             queue.put_nowait((index, e))

@@ -225,3 +225,24 @@ async def test_when_no_slot_is_empty_the_least_recently_used_is_overwritten():
         await _run(engine, "c", c, 2)  # evicts b, not a
         _, out = await _run(engine, "a3", a, 2)
         assert out.cached_tokens == len(a) - 1
+
+
+async def test_waiting_interactive_requests_are_admitted_before_waiting_batch_lines():
+    # One slot, busy; then three batch lines (priority 1) and, last, an interactive request (priority 0) wait.
+    # The interactive one takes the slot next; the batch lines keep their order among themselves.
+    async with running(n_slots=1, max_queued=8, s_per_token=0.002) as (engine, _):
+        done: list[str] = []
+
+        async def run(rid: str, priority: int) -> None:
+            req = GenerationRequest(rid, [1, 2, 3], SamplingParams(max_tokens=5, temperature=0), priority=priority)
+            async for _ in engine.generate(req):
+                pass
+            done.append(rid)
+
+        first = asyncio.create_task(run("busy", 1))
+        await asyncio.sleep(0.005)
+        waiting = [asyncio.create_task(run(f"batch-{i}", 1)) for i in range(3)]
+        await asyncio.sleep(0.005)
+        waiting.append(asyncio.create_task(run("interactive", 0)))
+        await asyncio.gather(first, *waiting)
+        assert done == ["busy", "interactive", "batch-0", "batch-1", "batch-2"]

@@ -22,7 +22,7 @@ from llmaas.serving.catalog import ModelLoader, default_capabilities, source_pat
 from llmaas.serving.models import ServedModels
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-_PRICES = ("input_usd_per_mtok", "output_usd_per_mtok", "training_usd_per_mtok")
+_PRICES = ("input_usd_per_mtok", "output_usd_per_mtok", "training_usd_per_mtok", "batch_discount")
 
 
 def _cp(request: Request) -> ControlPlane:
@@ -116,7 +116,7 @@ def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext)
     with cp.db.session() as s:
         p = cp.catalog.set_price(
             s, ctx, model, input_usd_per_mtok=body.input_usd_per_mtok, output_usd_per_mtok=body.output_usd_per_mtok,
-            training_usd_per_mtok=body.training_usd_per_mtok)
+            training_usd_per_mtok=body.training_usd_per_mtok, batch_discount=body.batch_discount)
         return price_dict(p)
 
 

@@ -227,6 +227,22 @@ class KeyService:
         self._used[principal.key_id or ""] = utcnow()
         return principal
 
+    def principal_of(self, key_id: str) -> Principal | None:
+        """The principal of an active key by its id (work done later on the key's behalf, like a batch's
+        lines, runs under its current role, models and limits); None once it is revoked, expired or its
+        tenant disabled."""
+        with self.db.session() as s:
+            row = s.execute(select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id)
+                            .where(ApiKey.id == key_id)).first()
+        if row is None:
+            return None
+        k, t = row
+        if key_status(k) != "active" or t.disabled:
+            return None
+        return Principal(key_id=k.id, tenant_id=k.tenant_id, role=Role(k.role),
+                         models=tuple(k.models) if k.models is not None else None,
+                         key_limits=Limits.of(k), tenant_limits=Limits.of(t))
+
     def _load(self, secret: str, digest: str) -> tuple[Principal | None, datetime | None]:
         with self.db.session() as s:
             rows = s.execute(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,21 +15,38 @@ from llmaas.control.db.database import Database
 from llmaas.control.db.models import ModelPrice
 from llmaas.core.errors import NotFoundError
 
+# Batch lines (POST /v1/batches) cost this fraction less than the same request made interactively, unless an
+# admin sets a model's own `batch_discount`: they take only the slots interactive traffic leaves idle.
+DEFAULT_BATCH_DISCOUNT = 0.5
+
 
 @dataclass(frozen=True)
 class Price:
     input_pico: int
     output_pico: int
     training_pico: int
+    batch_discount: float = DEFAULT_BATCH_DISCOUNT
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         return prompt_tokens * self.input_pico + completion_tokens * self.output_pico
+
+    def for_batch(self, discount: float | None = None) -> Price:
+        """The price of a batch line: input and output tokens `discount` (default: this price's own) cheaper."""
+        keep = 1.0 - (self.batch_discount if discount is None else discount)
+        return replace(self, input_pico=round(self.input_pico * keep), output_pico=round(self.output_pico * keep),
+                       batch_discount=0.0)
+
+
+def _price(p: ModelPrice) -> Price:
+    return Price(p.input_pico, p.output_pico, p.training_pico,
+                 DEFAULT_BATCH_DISCOUNT if p.batch_discount is None else p.batch_discount)
 
 
 def price_dict(p: ModelPrice) -> dict:
     return {"id": p.model, "object": "model.price", "input_usd_per_mtok": price_per_mtok(p.input_pico),
             "output_usd_per_mtok": price_per_mtok(p.output_pico),
             "training_usd_per_mtok": price_per_mtok(p.training_pico),
+            "batch_discount": DEFAULT_BATCH_DISCOUNT if p.batch_discount is None else p.batch_discount,
             "updated_at": unix(p.updated_at)}
 
 
@@ -56,8 +73,7 @@ class Catalog:
 
     def reload(self) -> None:
         with self.db.session() as s:
-            self._cache = {p.model: Price(p.input_pico, p.output_pico, p.training_pico)
-                           for p in s.scalars(select(ModelPrice))}
+            self._cache = {p.model: _price(p) for p in s.scalars(select(ModelPrice))}
 
     def price(self, model: str) -> Price:
         return self._cache.get(model) or self._cache.get(base_model(model)) or self.default
@@ -82,7 +98,8 @@ class Catalog:
         return p
 
     def set_price(self, s: Session, ctx: Context, model: str, *, input_usd_per_mtok: str | None = None,
-                  output_usd_per_mtok: str | None = None, training_usd_per_mtok: str | None = None) -> ModelPrice:
+                  output_usd_per_mtok: str | None = None, training_usd_per_mtok: str | None = None,
+                  batch_discount: float | None = None) -> ModelPrice:
         ctx.principal.require()  # admin only
         p = s.get(ModelPrice, model)
         before = price_dict(p) if p else None
@@ -95,8 +112,10 @@ class Catalog:
                                    ("training_pico", training_usd_per_mtok, "training_usd_per_mtok")):
             if value is not None:
                 setattr(p, attr, price_to_pico_per_token(value, param=param))
+        if batch_discount is not None:
+            p.batch_discount = float(batch_discount)
         p.updated_at = utcnow()
         s.flush()
         audit.record(s, ctx, "model.price", "model", model, tenant_id=None, before=before, after=price_dict(p))
-        self._cache[model] = Price(p.input_pico, p.output_pico, p.training_pico)
+        self._cache[model] = _price(p)
         return p

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.orm import Session
 
 from llmaas.control.auth import audit
@@ -141,6 +141,13 @@ class Meter:
             if stop:
                 return
 
+    def write_with(self, events: list[UsageEvent], also: Callable[[Connection], None]) -> None:
+        """Write `events` (usage rows and their budget settlements) and run `also` in the same transaction, in
+        the caller's thread: a batch line is marked finished exactly when its usage is on record. Raises if the
+        transaction fails (nothing of it is kept)."""
+        if not self._commit(events, {}, also, reraise=True):  # pragma: no cover - _commit raised instead
+            raise RuntimeError("usage write failed")
+
     def write_now(self, ev: UsageEvent) -> None:
         """Write one event in the caller's thread (background jobs: their usage is on record before they
         report success); handed to the background writer if that fails."""
@@ -169,10 +176,13 @@ class Meter:
         time.sleep(min(1.0, self.interval_s * 4))
         return False
 
-    def _commit(self, events: list[UsageEvent], used: dict[str, datetime]) -> bool:
+    def _commit(self, events: list[UsageEvent], used: dict[str, datetime],
+                also: Callable[[Connection], None] | None = None, *, reraise: bool = False) -> bool:
         alerts: list[Hold] = []
         try:
             with self.db.write_lock, self.db.engine.begin() as conn:
+                if also is not None:
+                    also(conn)
                 if events:
                     conn.execute(_INSERT, [e.row() for e in events])
                 alerts = self.budgets.settle(conn, [(h, e.cost_pico) for e in events for h in e.holds])
@@ -187,6 +197,8 @@ class Meter:
                                                 "alert_fraction": h.alert_fraction})
                         s.flush()
         except Exception:
+            if reraise:
+                raise
             log.exception("writing %d usage records failed; will retry", len(events))
             return False
         for h in alerts:

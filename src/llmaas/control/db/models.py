@@ -75,6 +75,7 @@ class ModelPrice(Base):
     output_pico: Mapped[int] = mapped_column(BigInteger)
     training_pico: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    batch_discount: Mapped[float | None] = mapped_column(Float)  # off the price for batch lines; NULL: the default
 
 
 class BudgetLedger(Base):
@@ -318,3 +319,51 @@ class CatalogModel(Base):
     deployment: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    """A batch (POST /v1/batches): its lines are in batch_lines. An API process's batch runner claims it with
+    a lease it renews (lease_owner, lease_expires_at), as workers do jobs; another takes it over if that lapses."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_tenant_time", "tenant_id", "created_at"), Index("ix_batches_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40))  # whose limits and budget the lines run under
+    endpoint: Mapped[str] = mapped_column(String(40))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    errors: Mapped[list | None] = mapped_column(JSON)  # batch-level errors: [{"code", "message", "param", "line"}]
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    total: Mapped[int] = mapped_column(Integer, default=0)  # lines, once validated
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BatchLine(Base):
+    """One request of a batch. `state` goes pending -> done | failed once, in the transaction that also writes
+    the line's usage record, so a resumed batch neither reruns nor bills a finished line."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based line number in the input file
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(8))  # pending | done | failed
+    request: Mapped[dict | None] = mapped_column(JSON)  # the validated body; None for a line that failed validation
+    response: Mapped[dict | None] = mapped_column(JSON)  # {"status_code", "request_id", "body"}
+    error: Mapped[dict | None] = mapped_column(JSON)  # {"code", "message", "param", "line"}
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,15 +1,15 @@
 """Stored responses of the Responses API (POST /v1/responses with `store`, true by default).
 
 Revision ID: 0009
-Revises: 0007
-Create Date: 2026-12-06
+Revises: 0008
+Create Date: 2026-12-05
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

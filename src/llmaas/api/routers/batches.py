@@ -1,0 +1,44 @@
+"""/v1/batches: create, retrieve, list, cancel (OpenAI's Batch API). The lines run in serving/batches.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.control.jobs import batches
+from llmaas.control.paging import page
+from llmaas.protocol.batches import BatchCreate
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("")
+def create_batch(body: BatchCreate, request: Request, ctx: CurrentContext) -> dict:
+    cp = control_plane(request, "Batches")
+    with cp.db.session() as s:
+        b = batches.create(s, ctx, input_file_id=body.input_file_id, endpoint=body.endpoint,
+                           completion_window=body.completion_window, metadata=body.metadata)
+        return batches.show(s, b)
+
+
+@router.get("")
+def list_batches(request: Request, ctx: CurrentContext, after: str | None = None,
+                 limit: int = Query(default=20, ge=1, le=100)) -> dict:
+    cp = control_plane(request, "Batches")
+    with cp.db.session() as s:
+        rows, more = batches.list_batches(s, ctx, after=after, limit=limit)
+        return page([batches.show(s, b) for b in rows], more)
+
+
+@router.get("/{batch_id}")
+def get_batch(batch_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = control_plane(request, "Batches")
+    with cp.db.session() as s:
+        return batches.show(s, batches.get(s, ctx, batch_id))
+
+
+@router.post("/{batch_id}/cancel")
+def cancel_batch(batch_id: str, request: Request, ctx: CurrentContext) -> dict:
+    cp = control_plane(request, "Batches")
+    with cp.db.session() as s:
+        return batches.show(s, batches.cancel(s, ctx, batch_id))
