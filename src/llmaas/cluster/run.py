@@ -93,8 +93,10 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
 
     address = os.environ.get("RAY_ADDRESS")
     models = prepare(settings)
-    # Local: the replicas inherit this process's environment (LLMAAS_* settings, secrets included).
-    ray.init(address=address or None, logging_level=logging.WARNING, include_dashboard=False)
+    # Local: the replicas inherit this process's environment (LLMAAS_* settings, secrets included). "local", not
+    # None: without an address ray.init() joins the cluster of the last `ray start` on this machine, which this
+    # process would then treat as its own and shut down on exit.
+    ray.init(address=address or "local", logging_level=logging.WARNING, include_dashboard=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     deploy(settings, overrides, models)
     log.info("deploying llmaas on Ray Serve (%s): ingress and %s", address or "a local cluster",
