@@ -25,7 +25,7 @@ from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.client import EngineClient
 from llmaas.engine.factory import build_engine
 from llmaas.engine.scoring import ScoreItem
-from llmaas.engine.types import GenerationOutput, GenerationRequest
+from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
 
 log = logging.getLogger("llmaas.cluster")
 PUBLISH_EVERY_S = 1.0
@@ -53,6 +53,7 @@ class EngineReplica:
         self.metrics = EngineMetrics(CollectorRegistry())
         self.engine = await asyncio.to_thread(build_engine, s, spec, self.metrics, model_id)
         await self.engine.start()
+        await self._warm_up()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._paths: dict[str, str] = {}
         # Serve's multiplexer caps held adapters at a number fixed where the method is decorated; ours is a
@@ -62,6 +63,15 @@ class EngineReplica:
         self._board = ReplicaBoard(s.redis_url) if s.redis_url else None
         self._publisher = asyncio.create_task(self._publish_loop())
         log.info("replica %s of %s ready (%d slots, %d threads)", self.replica_id, model_id, s.max_seqs, s.threads)
+
+    async def _warm_up(self) -> None:
+        """One token before Serve marks the replica running: the engine's first decode (graph allocation, its
+        prefill-cost measurement) is paid here, not by the first request routed to a new replica."""
+        if "completions" not in self.engine.info.capabilities:
+            return
+        prompt = self.engine.tokenize("Hello") or [0]
+        async for _ in self.engine.generate(GenerationRequest("warm-up", prompt, SamplingParams(max_tokens=1))):
+            pass
 
     # -- adapters --------------------------------------------------------------------------------
     @serve.multiplexed(max_num_models_per_replica=8)  # the replica's own cap replaces 8 (see __init__)
