@@ -5,7 +5,9 @@ model would say, every call names a given tool and its arguments validate agains
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 
@@ -121,3 +123,19 @@ def test_langchain_two_step_tool_loop(server):
     assert final.content or final.tool_calls
     for tc in final.tool_calls:
         jsonschema.validate(tc["args"], SCHEMAS["add"])
+
+
+def test_auto_never_takes_the_server_down_when_the_model_echoes_its_tool_instructions(server, client):
+    """With five tools, this prompt makes the model write `<tool_call></tool_call>` (its instructions, echoed):
+    a lazily triggered grammar aborted the whole process there (llama.cpp#12597). Under `auto` the answer is
+    a valid call or text, and the server keeps serving."""
+    tools = json.loads((Path(__file__).resolve().parents[2] / "bench" / "data" / "tools.json").read_text())
+    r = client.chat.completions.create(model=MODEL, tools=tools, tool_choice="auto", max_tokens=64, temperature=0,
+                                       messages=[{"role": "user", "content": "In 45 minutes, remind me to check the "
+                                                                             "oven."}])
+    m = r.choices[0].message
+    names = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for c in m.tool_calls or []:
+        jsonschema.validate(json.loads(c.function.arguments), names[c.function.name])
+    assert m.tool_calls or m.content
+    assert httpx.get(f"{server.url}/health").status_code == 200

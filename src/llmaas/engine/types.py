@@ -26,9 +26,6 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # None: off; k >= 0: sampled token's logprob + k alternatives
     grammar: str | None = None  # GBNF, root rule "root"
-    # With these (regexes over the text generated so far), the grammar is lazy: it constrains from the first
-    # capture group of the first that matches, and the text before it is free (tool calls with tool_choice auto).
-    grammar_triggers: list[str] = field(default_factory=list)
     ignore_eos: bool = False
 
 

@@ -103,7 +103,6 @@ class ServingChat:
                 "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
             )
             params = body.sampling(max_tokens, body.logprobs_k(), plan.grammar or body.grammar(), engine.token_id)
-            params.grammar_triggers = plan.triggers
             await ticket.reserve(len(prompt), max_tokens * body.n)
         except BaseException:
             await ticket.abandon()

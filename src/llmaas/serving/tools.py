@@ -9,10 +9,12 @@ messages before the model's own chat template, so it works with any template, in
 section.
 
 Constrained decoding makes every call valid: a GBNF grammar built from the tools' schemas (a call names one of
-the tools and its arguments validate against that tool's `parameters`). `required` and a named function apply
-it from the first token; `auto` applies it lazily, from the moment the model writes `<tool_call>` (as
-llama.cpp's server does), so the model may answer in text instead; `parallel_tool_calls: false` allows exactly
-one call.
+the tools and its arguments have that tool's `parameters` shape). `required` and a named function allow calls
+only; `auto` allows calls or a text answer, chosen at the first token (a text answer is one that does not begin
+with `<tool_call>`); `parallel_tool_calls: false` allows exactly one call. Not llama.cpp's lazy grammar, which
+starts constraining mid-token when the model writes the marker: a token that completes the marker and carries
+text the grammar cannot take aborts the whole process inside llama.cpp (ggml-org/llama.cpp#12597), and a
+model echoing its own tool instructions does exactly that.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import concurrent.futures
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmaas.core import tool_format
 from llmaas.core.errors import InvalidRequestError
@@ -30,9 +32,8 @@ from llmaas.engine.grammar import json_grammar
 from llmaas.protocol.openai import ChatCompletionRequest, ChatMessageIn, NamedToolChoice, ToolDef
 
 OPEN, CLOSE = tool_format.OPEN, tool_format.CLOSE
-# The lazy grammar's trigger: llama.cpp matches it against everything generated so far, and constrains from the
-# first capture group on.
-TRIGGER_PATTERN = r"[\s\S]*?(<tool_call>)[\s\S]*"
+# A text answer under `auto`: anything that does not begin with the call marker.
+_FREE_TEXT = 'free-text ::= ( [^<] | "<" [^t] ) .*'
 COMPILE_TIMEOUT_S = 2.0
 _COMPILER = concurrent.futures.ThreadPoolExecutor  # built per call: no pool lives at import
 
@@ -55,7 +56,7 @@ def _call_schema(tools: list[ToolDef]) -> dict:
     return one(tools[0]) if len(tools) == 1 else {"anyOf": [one(t) for t in tools]}
 
 
-def _compile(tools: list[ToolDef], parallel: bool) -> str:
+def _compile(tools: list[ToolDef], parallel: bool, text_allowed: bool) -> str:
     try:
         inner = json_grammar(_call_schema(tools))
     except InvalidRequestError as e:
@@ -64,8 +65,10 @@ def _compile(tools: list[ToolDef], parallel: bool) -> str:
     # The converter's root is one call's JSON; ours wraps it in the markers, once or repeated.
     inner = re.sub(r"^root ::=", "tool-call-json ::=", inner, flags=re.M)
     call = f'"{OPEN}\\n" tool-call-json "\\n{CLOSE}"'
-    root = f"root ::= {call} ( \"\\n\" {call} )*" if parallel else f"root ::= {call}"
-    return f"{root}\n{inner}"
+    calls = f"{call} ( \"\\n\" {call} )*" if parallel else call
+    if text_allowed:
+        return f"root ::= tool-calls | free-text\ntool-calls ::= {calls}\n{_FREE_TEXT}\n{inner}"
+    return f"root ::= {calls}\n{inner}"
 
 
 @dataclass
@@ -74,7 +77,6 @@ class ToolPlan:
 
     messages: list[ChatMessage]
     grammar: str | None = None
-    triggers: list[str] = field(default_factory=list)  # lazy grammar: constrain once one matches
     active: bool = False  # tool calls are parsed out of the output
 
     @classmethod
@@ -93,14 +95,13 @@ class ToolPlan:
         parallel = body.parallel_tool_calls and not isinstance(choice, NamedToolChoice)
         pool = _COMPILER(max_workers=1)  # a schema that takes the converter too long is refused, not waited on
         try:
-            grammar = pool.submit(_compile, tools, parallel).result(timeout=COMPILE_TIMEOUT_S)
+            grammar = pool.submit(_compile, tools, parallel, choice == "auto").result(timeout=COMPILE_TIMEOUT_S)
         except concurrent.futures.TimeoutError:
             raise InvalidRequestError(f"the tools' parameters took over {COMPILE_TIMEOUT_S:g} s to compile into "
                                       "a grammar; simplify their JSON schemas", param="tools") from None
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        return cls(render(body.messages, body.tools, role_of), grammar,
-                   [TRIGGER_PATTERN] if choice == "auto" else [], True)
+        return cls(render(body.messages, body.tools, role_of), grammar, True)
 
 
 def new_call_id() -> str:
@@ -172,7 +173,7 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 def _parse_call(raw: str) -> tuple[str, str] | None:
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, strict=False)  # the grammar's strings may hold raw control characters
     except ValueError:
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or "arguments" not in obj:

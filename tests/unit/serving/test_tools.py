@@ -11,7 +11,7 @@ import pytest
 from llmaas.core.chat_jsonl import model_role
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.openai import ChatCompletionRequest
-from llmaas.serving.tools import CLOSE, OPEN, TRIGGER_PATTERN, ToolCallStream, ToolPlan
+from llmaas.serving.tools import CLOSE, OPEN, ToolCallStream, ToolPlan
 from tests.unit.conftest import Admin, make_client
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -47,7 +47,7 @@ def test_tools_are_listed_in_the_system_message_and_history_round_trips():
 
 def test_grammar_per_choice():
     required = ToolPlan.of(req(tools=[WEATHER, ADD], tool_choice="required"), model_role)
-    assert required.active and required.triggers == [] and required.grammar.startswith("root ::= ")
+    assert required.active and required.grammar.startswith("root ::= ") and "free-text" not in required.grammar
     assert '"<tool_call>\\n" tool-call-json "\\n</tool_call>" ( "\\n"' in required.grammar  # parallel calls
     assert '\\"get_weather\\"' in required.grammar and '\\"add\\"' in required.grammar
     single = ToolPlan.of(req(tools=[WEATHER, ADD], tool_choice="required", parallel_tool_calls=False), model_role)
@@ -55,8 +55,8 @@ def test_grammar_per_choice():
     named = ToolPlan.of(req(tools=[WEATHER, ADD], tool_choice={"type": "function", "function": {"name": "add"}}),
                         model_role)
     assert '\\"add\\"' in named.grammar and "get_weather" not in named.grammar.split("\n", 1)[1]
-    auto = ToolPlan.of(req(tools=[WEATHER]), model_role)  # auto is the default with tools
-    assert auto.triggers == [TRIGGER_PATTERN] and auto.grammar
+    auto = ToolPlan.of(req(tools=[WEATHER]), model_role)  # auto is the default with tools: calls or a text answer
+    assert auto.grammar.startswith("root ::= tool-calls | free-text")
     none = ToolPlan.of(req(tools=[WEATHER], tool_choice="none"), model_role)
     assert not none.active and none.grammar is None and "# Tools" not in none.messages[0].content
 

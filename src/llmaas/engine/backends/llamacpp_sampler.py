@@ -3,7 +3,6 @@ llama.cpp owns the grammar's state. Other requests sample in numpy (engine/sampl
 
 from __future__ import annotations
 
-import ctypes
 from typing import TYPE_CHECKING
 
 from llmaas.core.errors import InvalidRequestError
@@ -45,14 +44,7 @@ class LlamaSampler:
         if bias:
             arr = (L.llama_logit_bias * len(bias))(*[L.llama_logit_bias(t, b) for t, b in bias.items()])
             add(L.llama_sampler_init_logit_bias(runner.n_vocab, len(bias), arr))
-        if p.grammar and p.grammar_triggers:
-            pats = (ctypes.c_char_p * len(p.grammar_triggers))(*[t.encode() for t in p.grammar_triggers])
-            g = L.llama_sampler_init_grammar_lazy_patterns(runner.vocab, p.grammar.encode(), b"root", pats,
-                                                           len(p.grammar_triggers), None, 0)
-            if not g:
-                raise InvalidRequestError("the grammar for the tools could not be built", param="tools")
-            add(g)
-        elif p.grammar:
+        if p.grammar:
             g = L.llama_sampler_init_grammar(runner.vocab, p.grammar.encode(), b"root")
             if not g:
                 raise InvalidRequestError("the grammar for response_format could not be built",
