@@ -25,11 +25,6 @@ REPLICA_LOST = ("the replica serving this request stopped before the answer was 
                 "far are billed; retry the request")
 
 
-def _cause(e: BaseException) -> BaseException:
-    """An exception raised in a replica arrives wrapped (RayTaskError): the original, when it is ours."""
-    cause = getattr(e, "cause", None)
-    return cause if isinstance(cause, LlmaasError) else e
-
 
 class RemoteEngine:
     def __init__(self, model_id: str, front: EngineClient, handle: Any, *, cold_start_s: float,
@@ -85,7 +80,7 @@ class RemoteEngine:
             raise ModelNotReadyError(self.model_id, f"starting a replica (none ready after {self._cold_start_s:g} s)",
                                      retry_after_s=10) from None
         except BackPressureError as e:
-            raise OverloadedError(f"model {self.model_id} is at capacity; retry shortly") from e
+            raise self._error(e) from e
         if self._metrics is not None:
             self._metrics.cold_starts.labels(self.model_id).inc()
             self._metrics.cold_start_seconds.labels(self.model_id).observe(time.monotonic() - t0)
@@ -111,15 +106,8 @@ class RemoteEngine:
             finished = True
             yield GenerationOutput("", [], None, len(request.prompt_tokens), produced, finish_reason="error",
                                    error=REPLICA_LOST)
-        except BackPressureError as e:
-            raise OverloadedError(f"model {self.model_id} is at capacity; retry shortly") from e
-        except LlmaasError:
-            raise
         except Exception as e:
-            cause = _cause(e)
-            if cause is not e:
-                raise cause from None
-            raise EngineUnavailableError(f"model {self.model_id}: {e}") from e
+            raise self._error(e) from e
         finally:
             if not finished:
                 resp.cancel()  # the client went away: the replica aborts the sequence
@@ -131,17 +119,21 @@ class RemoteEngine:
         path = self._paths.get(adapter) if adapter else None
         try:
             return await getattr(self._call(adapter), method).remote(adapter, path, *args)
-        except BackPressureError as e:
-            raise OverloadedError(f"model {self.model_id} is at capacity; retry shortly") from e
-        except RayActorError as e:
-            raise EngineUnavailableError(f"model {self.model_id}: {REPLICA_LOST}") from e
-        except LlmaasError:
-            raise
         except Exception as e:
-            cause = _cause(e)
-            if cause is not e:
-                raise cause from None
-            raise
+            raise self._error(e) from e
+
+    def _error(self, e: Exception) -> Exception:
+        """What a failed call raises here: a replica's own error as itself, Serve's queue bound as 503 with
+        Retry-After, anything else (a lost replica, Ray's own faults) as the engine being unavailable."""
+        if isinstance(e, LlmaasError):
+            return e
+        if isinstance(e, BackPressureError):
+            return OverloadedError(f"model {self.model_id} is at capacity; retry shortly")
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, LlmaasError):
+            return cause
+        detail = REPLICA_LOST if isinstance(e, RayActorError) else str(e)
+        return EngineUnavailableError(f"model {self.model_id}: {detail}")
 
     async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]:
         return await self._side("embed", adapter, inputs)
