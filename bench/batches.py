@@ -2,8 +2,8 @@
 a batch runs, in one run of one `llmaas serve` (real SmolLM2).
 
 1. Throughput: `--lines` chat requests (distinct prompts, `max_tokens` fixed with ignore_eos, greedy) sent by an
-   SDK client at concurrency 16, then the same requests as one batch (upload, create, poll until completed).
-   Target: batch time <= 1.1x client time.
+   SDK client at concurrency 16, and the same requests as one batch (upload, create, poll until completed), in
+   `--throughput-rounds` rounds whose order alternates. Target: batch time <= 1.1x client time (summed).
 2. Interactive latency at concurrency 4 (streamed chats; TTFT and inter-token latency), idle and with a batch
    running, interleaved round by round (`--rounds`): idle, busy, idle, busy... For a busy round a batch of
    `--busy-lines` lines is started, the probe runs once its lines are in flight, and the batch is cancelled.
@@ -106,7 +106,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200 lines, 2 rounds")
     ap.add_argument("--lines", type=int, default=1000)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="idle/busy latency rounds")
+    ap.add_argument("--throughput-rounds", type=int, default=2, help="client/batch rounds, order alternating")
     ap.add_argument("--probe-requests", type=int, default=16)
     ap.add_argument("--busy-lines", type=int, default=400)
     ap.add_argument("--threads", type=int, default=None)
@@ -114,19 +115,28 @@ def main() -> None:
     ap.add_argument("--max-seqs", type=int, default=16)
     a = ap.parse_args()
     if a.quick:
-        a.lines, a.rounds, a.probe_requests, a.busy_lines = 200, 2, 8, 200
+        a.lines, a.rounds, a.probe_requests, a.busy_lines, a.throughput_rounds = 200, 2, 8, 200, 1
     data_dir = Path(tempfile.mkdtemp(prefix="llmaas-bench-batches-"))
     proc, url = start_server(data_dir, a.port, a.threads, serve_args=("--max-seqs", str(a.max_seqs)))
     try:
         key, c = new_tenant(url)
         asyncio.run(client_run(url, key, 16, a.max_tokens))  # warm-up
-        client_s = asyncio.run(client_run(url, key, a.lines, a.max_tokens))
-        t0 = time.monotonic()
-        b = wait(c, start_batch(c, a.lines, a.max_tokens))
-        batch_s = time.monotonic() - t0
-        assert b.status == "completed" and b.request_counts.completed == a.lines, b
-        print(f"throughput: {a.lines} lines, client c=16 {client_s:.1f} s, batch {batch_s:.1f} s "
-              f"({batch_s / client_s:.2f}x)", flush=True)
+        pairs = []
+        for r in range(a.throughput_rounds):  # client and batch alternate who goes first (the machine drifts)
+            times: dict[str, float] = {}
+            for who in (("client", "batch") if r % 2 == 0 else ("batch", "client")):
+                t0 = time.monotonic()
+                if who == "client":
+                    asyncio.run(client_run(url, key, a.lines, a.max_tokens))
+                else:
+                    b = wait(c, start_batch(c, a.lines, a.max_tokens, offset=1_000_000 * (r + 1)))
+                    assert b.status == "completed" and b.request_counts.completed == a.lines, b
+                times[who] = time.monotonic() - t0
+            pairs.append(times)
+            print(f"throughput round {r}: {a.lines} lines, client c=16 {times['client']:.1f} s, batch "
+                  f"{times['batch']:.1f} s ({times['batch'] / times['client']:.2f}x)", flush=True)
+        client_s = sum(p["client"] for p in pairs)
+        batch_s = sum(p["batch"] for p in pairs)
         rounds = []
         for r in range(a.rounds):
             idle = asyncio.run(probe(url, key, a.probe_requests, a.max_tokens))
@@ -145,6 +155,7 @@ def main() -> None:
         busy_t = [x for r in rounds for x in r["busy"][0]]
         busy_i = [x for r in rounds for x in r["busy"][1]]
         out = {"quick": a.quick, "lines": a.lines, "max_tokens": a.max_tokens, "max_seqs": a.max_seqs,
+               "throughput_rounds": [{k: round(v, 2) for k, v in p.items()} for p in pairs],
                "client_c16_s": round(client_s, 2), "batch_s": round(batch_s, 2),
                "batch_over_client": round(batch_s / client_s, 3),
                "idle_ttft_p50_ms": p50(idle_t), "busy_ttft_p50_ms": p50(busy_t),

@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     store_retention_days: int = Field(default=30, ge=1)  # a tenant's own setting overrides it
     store_purge_interval_s: float = Field(default=3600.0, gt=0)  # how often expired ones are deleted
     eval_batch_rows: int = Field(default=16, ge=1, le=256)  # rows scored per engine call in eval jobs
-    # Batches (/v1/batches), run by each API process: lines in flight at once (0: the model's sequence slots, so
-    # lines fill every slot interactive requests leave idle), and how often an idle runner looks for a batch.
+    # Batches (/v1/batches), run by each API process: lines in flight at once (0: the model's sequence slots and a
+    # quarter more, so a freed slot finds a line waiting), and how often an idle runner looks for a batch.
     batch_concurrency: int = Field(default=0, ge=0, le=1024)
     batch_poll_s: float = Field(default=1.0, gt=0)
     # Catalog price of a served model until an admin sets one (USD per million tokens).

@@ -21,11 +21,11 @@ class EngineMetrics:
         self.registry = registry
         lbl = ["model"]
         self.ttft = Histogram(
-            "llmaas:time_to_first_token_seconds", "Time to first token", lbl,
+            "llmaas:time_to_first_token_seconds", "Time to first token (interactive requests; not batch lines)", lbl,
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.itl = Histogram(
-            "llmaas:inter_token_latency_seconds", "Latency between generated tokens", lbl,
+            "llmaas:inter_token_latency_seconds", "Latency between generated tokens (interactive requests)", lbl,
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
         self.e2e = Histogram(
@@ -39,6 +39,10 @@ class EngineMetrics:
         )
         self.generation_tokens = Counter(
             "llmaas:generation_tokens", "Tokens generated", lbl, registry=registry
+        )
+        # A batch line sent back to the queue to give its slot to an interactive request (engine/scheduler.py).
+        self.preemptions = Counter(
+            "llmaas:preemptions", "Batch-line sequences preempted for interactive requests", lbl, registry=registry
         )
         self.kv_usage = Gauge(
             "llmaas:kv_cache_usage_perc", "Fraction of KV cache cells in use (0-1)", lbl, registry=registry

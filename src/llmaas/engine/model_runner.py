@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from llmaas.engine.scoring import ScoreItem
-from llmaas.engine.types import SamplingParams
+from llmaas.engine.types import SamplingParams, TokenLogprob
 
 
 class Sampler(Protocol):
@@ -88,3 +88,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64, copy=False)
     m = x.max()
     return x - m - np.log(np.exp(x - m).sum())
+
+
+def token_logprobs(runner: ModelRunner, idx: int, token: int, top_n: int) -> list[TokenLogprob]:
+    """The sampled `token`'s log-probability at batch row `idx`, with the `top_n` most likely alternatives."""
+    lps = log_softmax(runner.logits(idx))
+    top: list[tuple[str, bytes, float]] = []
+    if top_n:
+        best = lps.argpartition(-top_n)[-top_n:]
+        for t in best[lps[best].argsort()[::-1]]:
+            b = runner.token_bytes(int(t))
+            top.append((b.decode("utf-8", "replace"), b, float(lps[t])))
+    b = runner.token_bytes(token)
+    return [TokenLogprob(b.decode("utf-8", "replace"), b, float(lps[token]), top)]

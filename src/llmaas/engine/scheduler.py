@@ -22,6 +22,12 @@ LoRA adapters apply to a whole llama_decode call, so a step decodes one batch pe
 sampling of its rows (the next decode overwrites the logits). The prefill budget spans all groups.
 With one adapter (or none) in use a step stays a single decode. KV cache is reused only between
 sequences of the same adapter: KV computed under another adapter is wrong for this one.
+
+Batch lines (priority > 0, "background") run in the capacity interactive requests leave (the policy is
+engine/priority.py). An interactive request that finds no free slot preempts a background sequence: it goes
+back to the queue with its sampler and text state, and later re-enters the KV cache with its tokens so far
+(reused in place when its slot was not overwritten; vLLM's recompute preemption), so it goes on exactly where
+it stopped. While interactive sequences run, background ones keep their slots but sit out the steps.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmaas.core.errors import LlmaasError
-from llmaas.engine.model_runner import ModelRunner, log_softmax
+from llmaas.engine.model_runner import ModelRunner, token_logprobs
+from llmaas.engine.priority import Priority
 from llmaas.engine.sampling import rng_seed
-from llmaas.engine.slots import Batch, Seq, Slot, reusable
+from llmaas.engine.slots import Batch, Seq, Slot, history, reusable
 from llmaas.engine.text import TextAssembler
 from llmaas.engine.types import GenerationOutput, GenerationRequest, TokenLogprob
 
@@ -101,6 +108,8 @@ class BatchScheduler:
         self.decodes = 0
         self._adapter: str | None = None  # the adapter the runner was last set to
         self._admitted = 0
+        self.preemptions = 0
+        self._priority = Priority()
         self._eog = set(runner.eog_tokens())
 
     # -- called from other threads -------------------------------------------------------------
@@ -152,7 +161,7 @@ class BatchScheduler:
                 log.exception("measuring the prefill cost failed")
         while not self._stop:
             idle = not self._waiting and self.running_count == 0
-            self._drain_inbox(block=idle)
+            self._drain_inbox(0.5 if idle else self._priority.held_s(self._slots, self.running_count))
             if self._stop:
                 break
             out: list[tuple[str, GenerationOutput]] = []
@@ -169,9 +178,9 @@ class BatchScheduler:
                 self._emit(out)
             self._update_gauges()
 
-    def _drain_inbox(self, block: bool) -> None:
+    def _drain_inbox(self, timeout: float) -> None:
         try:
-            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            item = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
             while True:
                 if isinstance(item, _Call):
                     self._run_call(item)
@@ -217,17 +226,28 @@ class BatchScheduler:
             ids, self._aborts = self._aborts, set()
         for seq in [s for s in self._waiting if s.req.request_id in ids]:
             self._waiting.remove(seq)
+            if seq.sampler is not None:  # a preempted sequence keeps its sampler while it waits
+                seq.sampler.close()
             out.append((seq.req.request_id, self._output(seq, "", [], None, "abort")))
         for slot in self._slots:
             if slot.seq and slot.seq.req.request_id in ids:
                 self._finish(slot.seq, "abort", out)
 
     def _admit(self, out: list) -> None:
-        free = [i for i, s in enumerate(self._slots) if s.seq is None]
-        while self._waiting and free:
+        while self._waiting:
+            free = [i for i, s in enumerate(self._slots) if s.seq is None]
             seq = self._next_waiting()
+            if seq.background:
+                choices = self._priority.background_slots(free)
+            else:
+                choices, victim = self._priority.interactive_slots(self._slots, free)
+                if victim is not None:
+                    choices = [self._preempt(victim)]
+            if not choices:
+                self._waiting.appendleft(seq)
+                return
             try:
-                self._place(seq, free, out)
+                self._place(seq, choices, out)
             except Exception as e:  # this request's own failure (its sampler, its grammar): it alone ends
                 self._fail(seq, e, out)
 
@@ -241,9 +261,22 @@ class BatchScheduler:
         self._waiting.remove(seq)
         return seq
 
+    def _preempt(self, seq: Seq) -> int:
+        """Send background `seq` back to the head of the queue; returns the slot it frees. Its KV stays in
+        the slot (reused if the slot is not taken over before it resumes)."""
+        slot = self._slots[seq.slot]
+        seq.resume = history(seq, slot)
+        slot.seq, seq.pending = None, []
+        self.running_count -= 1
+        self.preemptions += 1
+        if self._metrics:
+            self._metrics.preemptions.labels(self.runner.model_id).inc()
+        self._waiting.appendleft(seq)
+        return seq.slot
+
     def _place(self, seq: Seq, free: list[int], out: list) -> None:
         """Give `seq` one of the `free` slots (reusing or copying cached KV) and its sampler."""
-        prompt, adapter = seq.req.prompt_tokens, seq.req.adapter
+        prompt, adapter = seq.resume or seq.req.prompt_tokens, seq.req.adapter
         if adapter is not None and not self.runner.has_adapter(adapter):
             err = f"the LoRA adapter {adapter!r} is not loaded"
             out.append((seq.req.request_id, self._output(seq, "", [], None, "error", err)))
@@ -283,8 +316,11 @@ class BatchScheduler:
         slot.tokens, slot.adapter = prompt[:reuse], adapter
         slot.seq = seq
         self.running_count += 1
-        seq.slot, seq.n_past, seq.cached = slot_id, reuse, reuse
-        seq.pending = prompt[reuse:]
+        seq.slot, seq.n_past, seq.pending = slot_id, reuse, prompt[reuse:]
+        if seq.resume is not None:  # preempted: its sampler, text and counts go on where they stopped
+            seq.resume = None
+            return
+        seq.cached = reuse
         p = seq.req.params
         seed = rng_seed(p.seed) if p.seed is not None else random.getrandbits(64)
         seq.sampler = self.runner.new_sampler(p, seed)
@@ -294,7 +330,7 @@ class BatchScheduler:
 
     def _step(self, out: list) -> None:
         room = self.runner.max_batch_tokens
-        active = [s.seq for s in self._slots if s.seq is not None]
+        active = self._priority.stepping([s.seq for s in self._slots if s.seq is not None])
         entries: list[tuple[Seq, list[int], bool]] = []
         for seq in active:  # decoding sequences first: one token each
             if not seq.pending:
@@ -388,18 +424,19 @@ class BatchScheduler:
         token = seq.sampler.sample(idx)
         seq.generated += 1
         model = self.runner.model_id
-        if self._metrics:
+        if self._metrics and not seq.background:  # latency metrics are interactive requests'
             if seq.generated == 1:
                 self._metrics.ttft.labels(model).observe(now - seq.arrived)
             else:
                 self._metrics.itl.labels(model).observe(now - seq.last_token_at)
+        if self._metrics:
             self._metrics.generation_tokens.labels(model).inc()
         seq.last_token_at = now
         seq.last_token = token
         if token in self._eog and not p.ignore_eos:
             self._finish(seq, "stop", out, final_tokens=[token])
             return
-        lp = self._logprob(idx, token, p.logprobs) if p.logprobs is not None else None
+        lp = token_logprobs(self.runner, idx, token, p.logprobs) if p.logprobs is not None else None
         text = seq.text.push(self.runner.token_bytes(token))
         if seq.text.stopped:
             self._finish(seq, "stop", out, text=text, final_tokens=[token], lps=lp)
@@ -407,17 +444,6 @@ class BatchScheduler:
             self._finish(seq, "length", out, text=text, final_tokens=[token], lps=lp)
         else:
             out.append((seq.req.request_id, self._output(seq, text, [token], lp, None)))
-
-    def _logprob(self, idx: int, token: int, top_n: int) -> list[TokenLogprob]:
-        lps = log_softmax(self.runner.logits(idx))
-        top: list[tuple[str, bytes, float]] = []
-        if top_n:
-            best = lps.argpartition(-top_n)[-top_n:]
-            for t in best[lps[best].argsort()[::-1]]:
-                b = self.runner.token_bytes(int(t))
-                top.append((b.decode("utf-8", "replace"), b, float(lps[t])))
-        b = self.runner.token_bytes(token)
-        return [TokenLogprob(b.decode("utf-8", "replace"), b, float(lps[token]), top)]
 
     def _finish(
         self,

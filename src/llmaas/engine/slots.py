@@ -22,6 +22,14 @@ class Seq:
     generated: int = 0
     cached: int = 0
     last_token_at: float = 0.0
+    # A preempted sequence's tokens so far (prompt + generated): what it re-enters the KV cache with when it
+    # gets a slot again. Its sampler and text state are kept, so it goes on exactly where it stopped.
+    resume: list[int] | None = None
+
+    @property
+    def background(self) -> bool:
+        """A batch line (priority > 0): it runs in the capacity interactive requests leave."""
+        return self.req.priority > 0
 
 
 @dataclass(eq=False)
@@ -68,3 +76,14 @@ def reusable(slot: Slot, prompt: list[int], adapter: str | None) -> int:
     if slot.adapter != adapter:
         return 0
     return min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
+
+
+def victims(slots: list[Slot]) -> list[Seq]:
+    """The background sequences holding slots, cheapest to recompute first (fewest tokens in KV)."""
+    return sorted((s.seq for s in slots if s.seq is not None and s.seq.background), key=lambda q: q.n_past)
+
+
+def history(seq: Seq, slot: Slot) -> list[int]:
+    """Every token of `seq` so far: what its slot's KV holds, then what it has yet to feed (the rest of its
+    prompt while prefilling, else the token it sampled last)."""
+    return slot.tokens + (seq.pending if seq.pending else [seq.last_token])

@@ -6,8 +6,9 @@ claims one batch at a time with a lease (control/jobs/batches.py BatchStore), va
 by line with the live request models, then runs the pending lines, a few at a time, as the batch's key:
 admission, limits, budget reservation and metering are the live path's. Two things differ for a line:
 
-- its sequences have engine priority 1 (engine/scheduler.py admits waiting interactive requests first), so
-  interactive traffic goes first and lines fill the slots it leaves idle;
+- its sequences have engine priority 1, so interactive traffic goes first and lines run in the capacity it
+  leaves (engine/priority.py: interactive requests preempt lines, and lines sit out the steps while
+  interactive requests run);
 - its ticket is priced at the catalog's batch price, and its usage is written with the line's result in one
   transaction (Meter.write_with + BatchStore.finish_line), so a runner that dies mid-batch leaves every line
   either finished and billed, or pending and unbilled: the next claim runs exactly the pending ones.
@@ -165,9 +166,12 @@ class BatchRunner:
         return self._status != "in_progress" or _expired(batch)
 
     def _slots(self) -> int:
+        """Lines in flight: the model's slots and a quarter more, so a slot a line leaves finds the next line
+        already waiting in the engine (waiting lines never delay interactive requests: engine/priority.py)."""
         if self.concurrency:
             return self.concurrency
-        return max((e.info.n_slots for e in self.served.engines.values()), default=4)
+        slots = max((e.info.n_slots for e in self.served.engines.values()), default=4)
+        return slots + max(1, slots // 4)
 
     async def _run_lines(self, batch: Batch) -> None:
         principal = None

@@ -132,7 +132,12 @@ async def response_events(turn: Turn, chunks: AsyncGenerator[dict, None]) -> Asy
         for e in ev.close(status):
             yield e
         response = await turn.finish(status, ev.items, usage)
-    except Exception as e:  # the status line is long gone: the failure is an event
-        yield ev.event("response.failed", response={**turn.object("failed", ev.items, None), "error": _error(e)})
+    except Exception as e:  # the status line is long gone: the failure is an event, and kept as a failed response
+        failed = {**turn.object("failed", ev.items, None), "error": _error(e)}
+        try:
+            await turn.keep(failed)
+        except Exception:  # the database too: the client still gets the failure
+            log.exception("storing failed response %s failed", failed["id"])
+        yield ev.event("response.failed", response=failed)
         return
     yield ev.event("response.completed" if status == "completed" else "response.incomplete", response=response)

@@ -85,9 +85,12 @@ class Turn:
         """The finished Response, stored first (when asked) so that a response the client got is one it can
         retrieve and continue."""
         response = self.object(status, output, response_usage(chat_usage))
+        await self.keep(response)
+        return response
+
+    async def keep(self, response: dict) -> None:
         if self.keep_in is not None:
             await asyncio.to_thread(self.keep_in.responses.save, self.principal, response, self.echoed, self.items)
-        return response
 
 
 def echo(body: ResponseCreateRequest, tools: list[dict], choice: str | dict, fmt: dict) -> dict:

@@ -227,9 +227,10 @@ async def test_when_no_slot_is_empty_the_least_recently_used_is_overwritten():
         assert out.cached_tokens == len(a) - 1
 
 
-async def test_waiting_interactive_requests_are_admitted_before_waiting_batch_lines():
-    # One slot, busy; then three batch lines (priority 1) and, last, an interactive request (priority 0) wait.
-    # The interactive one takes the slot next; the batch lines keep their order among themselves.
+async def test_waiting_interactive_requests_go_before_batch_lines():
+    # One slot, held by a batch line (priority 1); three more batch lines wait, then an interactive request
+    # (priority 0) arrives. It preempts the running line and finishes first; the preempted line resumes first
+    # of the batch lines, which keep their order among themselves.
     async with running(n_slots=1, max_queued=8, s_per_token=0.002) as (engine, _):
         done: list[str] = []
 
@@ -245,4 +246,115 @@ async def test_waiting_interactive_requests_are_admitted_before_waiting_batch_li
         await asyncio.sleep(0.005)
         waiting.append(asyncio.create_task(run("interactive", 0)))
         await asyncio.gather(first, *waiting)
-        assert done == ["busy", "interactive", "batch-0", "batch-1", "batch-2"]
+        assert done == ["interactive", "busy", "batch-0", "batch-1", "batch-2"]
+        assert engine._scheduler.preemptions == 1
+
+
+async def _collect(engine: BatchingEngine, req: GenerationRequest, started: asyncio.Event | None = None):
+    text, last, n = "", None, 0
+    async for out in engine.generate(req):
+        text, last, n = text + out.text, out, n + 1
+        if started is not None and n == 3:
+            started.set()
+    return text, last
+
+
+def _batch_line(rid: str, max_tokens: int, prompt: bytes = b"xyz") -> GenerationRequest:
+    return GenerationRequest(rid, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True),
+                             priority=1)
+
+
+async def test_a_preempted_batch_line_resumes_exactly_where_it_stopped():
+    """Its text and token counts are those of a run that was never preempted: the tokens so far re-enter the
+    KV cache and its sampler state carries on."""
+    async with running(n_slots=1, max_queued=8, context_size=512, s_per_token=0.002) as (engine, runner):
+        alone, alone_out = await _collect(engine, _batch_line("alone", 40))
+        started = asyncio.Event()
+        line = asyncio.create_task(_collect(engine, _batch_line("line", 40), started))
+        await started.wait()
+        text, _ = await _run(engine, "interactive", list(b"hello"), 5)
+        assert text == "pqrst"  # the byte after "o", and on
+        assert not line.done()  # the interactive request finished while the line waited
+        resumed, out = await line
+        assert engine._scheduler.preemptions == 1
+        assert resumed == alone and len(resumed) == 40
+        assert (out.prompt_tokens, out.completion_tokens) == (alone_out.prompt_tokens, alone_out.completion_tokens)
+        assert engine._scheduler.running_count == 0 and runner.kv_cells_used() <= 512
+
+
+async def test_batch_lines_sit_out_the_steps_while_interactive_requests_run(monkeypatch: pytest.MonkeyPatch):
+    """Free slots, no preemption: the batch lines keep theirs, but a step holds only the interactive sequence,
+    so it costs what the interactive request alone costs."""
+    monkeypatch.setattr("llmaas.engine.priority.EVERY_S", 60.0)
+    async with running(n_slots=4, max_queued=8, context_size=512, s_per_token=0.001) as (engine, runner):
+        started = [asyncio.Event(), asyncio.Event()]
+        lines = [asyncio.create_task(_collect(engine, _batch_line(f"l{i}", 200), started[i])) for i in range(2)]
+        await asyncio.gather(*(e.wait() for e in started))
+        before = len(runner.decode_seq_ids)
+        await _run(engine, "interactive", list(b"hello"), 20)
+        during = runner.decode_seq_ids[before:]
+        interactive_slot = 2  # the first free slot next to the busy ones (0 and 1)
+        # From its admission to its last token, every step decodes the interactive request alone.
+        mine = [i for i, ids in enumerate(during) if interactive_slot in ids]
+        assert len(mine) >= 20
+        assert all(ids == [interactive_slot] for ids in during[mine[0]:mine[-1] + 1])
+        results = await asyncio.gather(*lines)
+        assert [len(t) for t, _ in results] == [200, 200]
+        assert engine._scheduler.preemptions == 0
+
+
+async def test_batch_lines_still_move_under_endless_interactive_traffic(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("llmaas.engine.priority.EVERY_S", 0.02)
+    async with running(n_slots=2, max_queued=8, context_size=1024, s_per_token=0.001) as (engine, runner):
+        started = asyncio.Event()
+        line = asyncio.create_task(_collect(engine, _batch_line("line", 30), started))
+        await started.wait()
+        interactive = asyncio.create_task(_run(engine, "interactive", list(b"hi"), 600))
+        text, _ = await line
+        assert len(text) == 30
+        assert not interactive.done()  # the line finished in the steps it was let into
+        await interactive
+
+
+async def test_aborting_a_preempted_batch_line_frees_everything():
+    async with running(n_slots=1, max_queued=8, s_per_token=0.002) as (engine, _):
+        gen = engine.generate(_batch_line("line", 400))
+        seen = 0
+        async for _ in gen:
+            seen += 1
+            if seen == 3:
+                break
+        interactive = asyncio.create_task(_run(engine, "interactive", list(b"hello"), 50))
+        while engine._scheduler.preemptions == 0:
+            await asyncio.sleep(0.001)
+        await gen.aclose()  # the line is waiting, preempted: the abort takes it off the queue
+        await interactive
+        for _ in range(100):
+            if engine._scheduler.waiting_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine._scheduler.waiting_count == 0 and engine._scheduler.running_count == 0
+
+
+async def test_interactive_requests_take_contiguous_slots_among_batch_lines(monkeypatch: pytest.MonkeyPatch):
+    """llama.cpp decodes a run of consecutive slots as one ubatch: interactive requests arriving while batch
+    lines hold every slot take neighbouring slots, so their steps are one run, not one per gap."""
+    monkeypatch.setattr("llmaas.engine.priority.EVERY_S", 60.0)
+    async with running(n_slots=8, max_queued=16, context_size=512, s_per_token=0.0005) as (engine, runner):
+        started = [asyncio.Event() for _ in range(8)]
+        # Odd slots' lines have short prompts, so the cheapest to preempt are scattered: 1, 3, 5, 7.
+        prompts = [b"xyz" + bytes([97 + i]) * (1 if i % 2 else 40) for i in range(8)]
+        lines = [asyncio.create_task(_collect(engine, _batch_line(f"l{i}", 300, prompts[i]), started[i]))
+                 for i in range(8)]
+        await asyncio.gather(*(e.wait() for e in started))
+        chats = []
+        for i in range(3):  # one after another, each while the earlier ones run
+            chats.append(asyncio.create_task(_run(engine, f"chat{i}", list(b"hi"), 40 - 5 * i)))
+            await asyncio.sleep(0.01)
+        before = len(runner.decode_seq_ids)
+        await asyncio.gather(*chats)
+        steps = [ids for ids in runner.decode_seq_ids[before:] if len(ids) == 3]
+        assert steps and all(ids == list(range(ids[0], ids[0] + 3)) for ids in steps), steps
+        assert engine._scheduler.preemptions == 3
+        results = await asyncio.gather(*lines)
+        assert all(len(t) == 300 for t, _ in results)

@@ -22,12 +22,12 @@ from llmaas.core.errors import InvalidRequestError, NotFoundError
 
 def response_object(*, response_id: str, created_at: int, model: str, status: str, request: dict,
                     output: list[dict], usage: dict | None, previous_response_id: str | None,
-                    metadata: dict[str, str] | None) -> dict:
+                    metadata: dict[str, str] | None, error: dict | None = None) -> dict:
     """A Response object as OpenAI shapes it. `request` holds the parameters it echoes (instructions, tools,
     tool_choice, parallel_tool_calls, text, temperature, top_p, max_output_tokens, truncation, store)."""
     return {
         "id": response_id, "object": "response", "created_at": created_at, "status": status, "model": model,
-        "output": output, "usage": usage, "error": None,
+        "output": output, "usage": usage, "error": error,
         # The only way this server leaves a response unfinished: out of output tokens (or of context).
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "previous_response_id": previous_response_id, "metadata": metadata or {},
@@ -38,7 +38,7 @@ def response_object(*, response_id: str, created_at: int, model: str, status: st
 def _object(r: StoredResponse) -> dict:
     return response_object(response_id=r.id, created_at=unix(r.created_at), model=r.model, status=r.status,
                            request=r.request, output=r.output, usage=r.usage,
-                           previous_response_id=r.previous_response_id, metadata=r.metadata_)
+                           previous_response_id=r.previous_response_id, metadata=r.metadata_, error=r.error)
 
 
 class ResponseStore:
@@ -48,12 +48,13 @@ class ResponseStore:
     # --- written and read by the serving of POST /v1/responses ---
 
     def save(self, principal: Principal, response: dict, request: dict, input_items: list[dict]) -> None:
-        """Keep a finished response (`response_object`'s dict) with the input items it answered."""
+        """Keep a finished (or failed) response (`response_object`'s dict) with the input items it answered."""
         row = StoredResponse(id=response["id"], tenant_id=principal.tenant_id, key_id=principal.key_id,
                              model=response["model"], status=response["status"],
                              created_at=from_unix(response["created_at"]), request=request,
                              input_items=input_items, output=response["output"], usage=response["usage"],
-                             previous_response_id=response["previous_response_id"], metadata_=response["metadata"])
+                             previous_response_id=response["previous_response_id"], metadata_=response["metadata"],
+                             error=response.get("error"))
         with self.db.session() as s:
             s.add(row)
 

@@ -290,7 +290,7 @@ class StoredResponse(Base):
     tenant_id: Mapped[str] = mapped_column(String(40))
     key_id: Mapped[str | None] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(300))
-    status: Mapped[str] = mapped_column(String(16))  # completed | incomplete
+    status: Mapped[str] = mapped_column(String(16))  # completed | incomplete | failed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     request: Mapped[dict] = mapped_column(JSON)  # the parameters a Response object echoes (tools, text, ...)
     input_items: Mapped[list] = mapped_column(JSON)  # earlier turns' items, then this request's input
@@ -298,6 +298,7 @@ class StoredResponse(Base):
     usage: Mapped[dict | None] = mapped_column(JSON)
     previous_response_id: Mapped[str | None] = mapped_column(String(64))
     metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    error: Mapped[dict | None] = mapped_column(JSON)  # {code, message} of a failed response
 
 
 class CatalogModel(Base):

@@ -192,6 +192,20 @@ def test_stream_events_in_openais_order(env):
     assert stored["output"] == done["output"]
 
 
+def test_a_stream_that_fails_midway_is_kept_as_a_failed_response(tmp_path):
+    # The fake engine's 4th decode fails: the prompt's prefill and two tokens have streamed by then.
+    with make_client(data_dir=tmp_path, context_size=2048, fail_at_decode=4) as c:
+        a = Admin(c)
+        key = a.key(a.tenant("one"))[1]
+        frames = _sse(c, key, input="hi", max_output_tokens=50)
+        name, data = frames[-1]
+        assert name == "response.failed" and "response.output_text.delta" in [n for n, _ in frames]
+        failed = Response.model_validate(data["response"])
+        assert failed.status == "failed" and failed.error.code == "server_error"
+        stored = Response.model_validate(c.get(f"/v1/responses/{failed.id}", headers=bearer(key)).json())
+        assert (stored.status, stored.error, stored.output) == ("failed", failed.error, failed.output)
+
+
 def test_stream_with_the_sdk_helper(env):
     _, _, sdk = env
     one = sdk["one"]
