@@ -39,4 +39,14 @@ else
   python -m pip install -q -e . 2>&1 | grep -v -i "warning" || true
 fi
 python -c "import llama_cpp, llmaas" || { echo "setup failed: llmaas or llama_cpp does not import"; exit 1; }
+# The web console's browser tests drive the system's Chromium (Playwright's own browser download is not used).
+if [ "$extra" = "test" ] && [ -z "${LLMAAS_CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "Installing Chromium for the console's browser tests (apt-get)..."
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null || echo "setup: could not install chromium; the console browser tests will say what is missing"
+  else
+    echo "setup: install Chromium (Debian: apt-get install chromium) or set LLMAAS_CHROMIUM for the console tests"
+  fi
+fi
 echo "llmaas is set up in .venv"

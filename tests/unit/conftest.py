@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from llmaas.api.app import create_app
+from llmaas.console import mount
 from llmaas.core.config import Settings
 from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.backends.fake import FakeRunner
@@ -24,7 +25,7 @@ DEEP = b'{"messages": ' + b"[" * 1500 + b"]" * 1500 + b"}\n"  # a line json's de
 
 def make_client(max_queued: int = 8, n_slots: int = 4, context_size: int = 256, *, data_dir: Path | None = None,
                 auth: bool = True, database_url: str | None = None, settings: dict | None = None,
-                **fake) -> TestClient:
+                console: bool = False, **fake) -> TestClient:
     """A TestClient on the real app with the fake engine; auth on, speaking as the platform admin."""
     registry = CollectorRegistry()
     runner = FakeRunner(n_slots=n_slots, context_size=context_size, max_batch_tokens=64, **fake)
@@ -35,6 +36,8 @@ def make_client(max_queued: int = 8, n_slots: int = 4, context_size: int = 256, 
                         **{"usage_flush_interval_s": 0.05, **(settings or {})})
     settings.prepare_dirs()
     app = create_app(settings, engines={runner.model_id: engine}, engine_metrics=metrics)
+    if console:
+        mount(app)
     return TestClient(app, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
 

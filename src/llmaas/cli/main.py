@@ -118,7 +118,12 @@ def serve(
         # proxy_headers=False: uvicorn's default believes X-Forwarded-For from 127.0.0.1, so any local client
         # (or a proxy that passes the header through) could choose the IP the bad-key limiter counts.
         # create_app adds the proxy-header middleware itself when LLMAAS_TRUSTED_PROXIES names the proxies.
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+        app = create_app(settings)
+        if settings.console:
+            from llmaas.console import mount
+
+            mount(app)
+        uvicorn.run(app, host=settings.host, port=settings.port,
                     log_level=settings.log_level.lower(), timeout_graceful_shutdown=5, proxy_headers=False)
     finally:
         if supervisor is not None:

@@ -48,8 +48,12 @@ def ingress(args: dict[str, Any]) -> Application:
         from llmaas.core.config import load_settings
 
         settings = load_settings(**overrides)
-        return ServedBy(create_app(settings, cluster=RayCluster(settings, overrides)),
-                        serve.get_replica_context().replica_id.unique_id)
+        app = create_app(settings, cluster=RayCluster(settings, overrides))
+        if settings.console:
+            from llmaas.console import mount
+
+            mount(app)
+        return ServedBy(app, serve.get_replica_context().replica_id.unique_id)
 
     class Ingress:
         pass

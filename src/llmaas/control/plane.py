@@ -9,6 +9,7 @@ import threading
 
 from llmaas.control.admission import Admission
 from llmaas.control.auth.keys import KeyService
+from llmaas.control.auth.sessions import SessionStore
 from llmaas.control.billing.budgets import Budgets
 from llmaas.control.billing.catalog import Catalog
 from llmaas.control.billing.metering import Meter
@@ -47,6 +48,7 @@ class ControlPlane:
         self.models = ModelCatalog(self.db)
         self.stored = StoredCompletionService(self.db, settings.store_retention_days)
         self.responses = ResponseStore(self.db, settings.store_retention_days)  # the same retention
+        self.sessions = SessionStore(self.db, settings.console_session_s)
         self.admin_secret: str | None = None
         self._stop = threading.Event()
         self._purger: threading.Thread | None = None

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # Stored completions (`store: true`) and evals
     store_retention_days: int = Field(default=30, ge=1)  # a tenant's own setting overrides it
     store_purge_interval_s: float = Field(default=3600.0, gt=0)  # how often expired ones are deleted
+    console: bool = True  # the web console under /console (needs auth: sign-in is with an API key)
+    console_session_s: float = Field(default=8 * 3600.0, gt=0)  # a web console sign-in lasts this long
     eval_batch_rows: int = Field(default=16, ge=1, le=256)  # rows scored per engine call in eval jobs
     # Batches (/v1/batches), run by each API process: lines in flight at once (0: the model's sequence slots and a
     # quarter more, so a freed slot finds a line waiting), and how often an idle runner looks for a batch.

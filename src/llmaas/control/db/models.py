@@ -368,3 +368,17 @@ class BatchLine(Base):
     response: Mapped[dict | None] = mapped_column(JSON)  # {"status_code", "request_id", "body"}
     error: Mapped[dict | None] = mapped_column(JSON)  # {"code", "message", "param", "line"}
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(Base):
+    """A web console sign-in: the cookie holds a random token, this row its hash, the key it speaks for and the
+    CSRF token its forms carry."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_key", "key_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,126 @@
+// The playground: streams an answer from /console/playground/chat (OpenAI chunks over SSE) into the page.
+// Every piece of user or model text goes in as textContent, never as HTML.
+"use strict";
+(function () {
+  const form = document.getElementById("chat");
+  if (!form) return;
+  const csrf = document.querySelector("main").dataset.csrf;
+  const list = document.getElementById("messages");
+  const status = document.getElementById("status");
+  const prompt = document.getElementById("prompt");
+  const send = document.getElementById("send");
+  let history = [];
+
+  function add(role, text) {
+    const li = document.createElement("li");
+    li.className = role;
+    const body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    li.appendChild(body);
+    list.appendChild(li);
+    return li;
+  }
+
+  function meta(li, text) {
+    const m = document.createElement("span");
+    m.className = "meta";
+    m.textContent = text;
+    li.appendChild(m);
+  }
+
+  function request(model) {
+    const messages = [];
+    const system = form.system.value.trim();
+    if (system) messages.push({role: "system", content: system});
+    const body = {model: model, messages: messages.concat(history),
+                  temperature: Number(form.temperature.value), max_tokens: Number(form.max_tokens.value)};
+    const schema = form.schema.value.trim();
+    if (schema) {
+      body.response_format = {type: "json_schema", json_schema: {name: "answer", schema: JSON.parse(schema)}};
+    }
+    return body;
+  }
+
+  async function ask(event) {
+    event.preventDefault();
+    const text = prompt.value;
+    if (!text.trim()) return;
+    const option = form.model.selectedOptions[0];
+    let body;
+    history.push({role: "user", content: text});
+    try {
+      body = request(option.value);
+    } catch (e) {
+      history.pop();
+      status.textContent = "The JSON schema is not valid JSON: " + e.message;
+      return;
+    }
+    add("user", text);
+    prompt.value = "";
+    const li = add("assistant", "");
+    const out = li.querySelector(".text");
+    send.disabled = true;
+    status.textContent = "…";
+    const started = performance.now();
+    let usage = null, first = null, failed = null;
+    try {
+      const r = await fetch("/console/playground/chat", {
+        method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        body: JSON.stringify(body)});
+      if (!r.ok) {
+        const err = await r.json().catch(() => ({error: {message: r.statusText}}));
+        throw new Error(err.error ? err.error.message : r.statusText);
+      }
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const frame = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          if (!frame.startsWith("data: ")) continue;
+          const data = frame.slice(6);
+          if (data === "[DONE]") continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) { failed = chunk.error.message; continue; }
+          if (chunk.usage) usage = chunk.usage;
+          for (const c of chunk.choices || []) {
+            if (c.delta && c.delta.content) {
+              if (first === null) first = performance.now();
+              out.textContent += c.delta.content;
+            }
+          }
+        }
+      }
+      if (failed) throw new Error(failed);
+      history.push({role: "assistant", content: out.textContent});
+      const ttft = first === null ? "" : ` · first token ${Math.round(first - started)} ms`;
+      if (usage) {
+        const cost = (usage.prompt_tokens * Number(option.dataset.in) +
+                      usage.completion_tokens * Number(option.dataset.out)) / 1e6;
+        meta(li, `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens · $${cost.toFixed(6)}${ttft}`);
+      }
+      status.textContent = "";
+    } catch (e) {
+      history.pop();
+      li.className = "assistant failed";
+      out.textContent = e.message;
+      status.textContent = "";
+    } finally {
+      send.disabled = false;
+    }
+  }
+
+  form.addEventListener("submit", ask);
+  document.getElementById("clear").addEventListener("click", function () {
+    history = [];
+    list.replaceChildren();
+  });
+  prompt.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+})();

@@ -1,0 +1,187 @@
+"""The web console in real Chromium (Debian's /usr/bin/chromium through Playwright) against a live `llmaas serve`
+with the real model: sign in, chat in the playground (streamed), usage moving, escaping of user content, CSRF,
+and no JavaScript error on any page at phone and desktop widths.
+
+Set LLMAAS_CONSOLE_SCREENSHOTS to a folder to have the tests save the pages there (docs/console/ holds the ones
+the README shows)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright import sync_api as playwright
+
+from tests.integration.conftest import LiveServer
+
+CHROMIUM = os.environ.get("LLMAAS_CHROMIUM", "/usr/bin/chromium")
+SHOTS = os.environ.get("LLMAAS_CONSOLE_SCREENSHOTS")
+XSS = ['<script>window.__xss=1</script>', '"><img src=x onerror="window.__xss=1">']
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set LLMAAS_CHROMIUM)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _key(server: LiveServer, tenant_name: str, key_name: str) -> str:
+    tenant = server.admin("POST", "/tenants", json={"name": tenant_name})["id"]
+    return server.admin("POST", f"/tenants/{tenant}/keys", json={"role": "member", "name": key_name})["key"]
+
+
+@pytest.fixture(scope="module")
+def member(server: LiveServer) -> str:
+    return _key(server, "Acme", "alice")
+
+
+@pytest.fixture(scope="module")
+def hostile(server: LiveServer) -> str:
+    """A key whose own name and whose tenant's name are markup."""
+    return _key(server, 'Acme "><img src=x onerror="window.__xss=1">', XSS[0])
+
+
+class Page:
+    """A browser page that records every JavaScript error it sees."""
+
+    def __init__(self, browser, url: str, width: int = 1280, height: int = 860) -> None:
+        self.ctx = browser.new_context(viewport={"width": width, "height": height})
+        self.page = self.ctx.new_page()
+        self.url = url
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+
+    def sign_in(self, key: str) -> None:
+        self.page.goto(f"{self.url}/console/login")
+        self.page.fill("#api_key", key)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url("**/console/playground")
+
+    def shot(self, name: str) -> None:
+        if SHOTS:
+            Path(SHOTS).mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _ask(page, text: str) -> str:
+    """Sends `text` in the playground; returns the answer's text once it has streamed in."""
+    n = page.locator("#messages li.assistant").count()
+    page.fill("#prompt", text)
+    page.click("#send")
+    answer = page.locator("#messages li.assistant").nth(n)
+    answer.locator(".meta").wait_for(timeout=60_000)  # tokens and cost: written when the stream ends
+    return answer.locator(".text").inner_text()
+
+
+def test_sign_in_chat_and_see_usage_move(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url)
+    try:
+        p.page.goto(f"{server.url}/console/playground")
+        p.page.wait_for_url("**/console/login")  # no session: the sign-in page
+        p.shot("login")
+        p.sign_in(member)
+        assert member not in p.page.content()
+        p.page.fill("#system", "You are a concise assistant.")
+        p.page.fill("#max_tokens", "24")
+        p.page.fill("#temperature", "0")
+        answer = _ask(p.page, "What is the capital of France?")
+        assert answer.strip()
+        meta = p.page.locator("#messages li.assistant .meta").first.inner_text()
+        assert "completion tokens" in meta and "$" in meta
+        second = _ask(p.page, "And of Italy?")  # the conversation goes on with its history
+        assert second.strip()
+        p.shot("playground")
+        p.page.click("nav >> text=Usage")
+        for _ in range(20):  # usage is written by the meter a moment after each answer
+            p.page.wait_for_selector("#usage-by-model tbody tr")
+            cells = p.page.locator("#usage-by-model tbody tr td").all_inner_texts()
+            if len(cells) > 1 and int(cells[1]) >= 2:
+                break
+            p.page.wait_for_timeout(300)
+            p.page.reload()
+        assert cells[0] == "SmolLM2-135M-Instruct" and int(cells[1]) == 2, cells
+        p.page.wait_for_function("Chart.getChart(document.getElementById('usage-chart')) !== undefined")
+        p.shot("usage")
+        p.page.click("nav >> text=Models")
+        assert "SmolLM2-135M-Instruct" in p.page.inner_text("main")
+        p.shot("models")
+        p.page.click("text=Sign out")
+        p.page.wait_for_url("**/console/login")
+        p.page.goto(f"{server.url}/console/usage")
+        p.page.wait_for_url("**/console/login")
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_user_content_never_runs(server: LiveServer, browser, hostile: str):
+    """Script and markup in messages, the key's name and the tenant's name are shown as text; nothing runs."""
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(hostile)
+        p.page.fill("#max_tokens", "8")
+        for text in XSS:
+            _ask(p.page, text)
+        shown = p.page.locator("#messages li.user .text").all_inner_texts()
+        assert shown == XSS
+        header = p.page.inner_text("header")
+        assert XSS[0] in header and 'Acme "><img src=x onerror="window.__xss=1">' in header  # as text
+        assert p.page.evaluate("window.__xss") is None
+        assert p.page.locator("#messages img").count() == 0
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_state_changes_need_the_csrf_token(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)
+        body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        r = p.page.request.post(f"{server.url}/console/playground/chat", data=body)  # the session cookie, no token
+        assert r.status == 403 and r.json()["error"]["code"] == "csrf_failed"
+        r = p.page.request.post(f"{server.url}/console/logout", form={"csrf": "forged"})
+        assert r.status == 403
+        p.page.goto(f"{server.url}/console/playground")
+        assert p.page.url.endswith("/console/playground")  # still signed in
+    finally:
+        p.close()
+
+
+def test_pages_fit_a_phone_without_errors(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url, width=390, height=844)
+    try:
+        p.sign_in(member)
+        for path in ("playground", "models", "usage"):
+            p.page.goto(f"{server.url}/console/{path}")
+            p.page.wait_for_load_state("networkidle")
+            overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"/console/{path} is {overflow}px wider than the phone"
+            assert p.page.locator("nav a").count() == 3
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_a_wrong_key_shows_an_error_and_keeps_nothing(server: LiveServer, browser):
+    p = Page(browser, server.url)
+    try:
+        p.page.goto(f"{server.url}/console/login")
+        p.page.fill("#api_key", "sk-llmaas-wrong-key-000000000000000")
+        p.page.click("button[type=submit]")
+        assert "Incorrect API key" in p.page.inner_text(".error")
+        assert "sk-llmaas-wrong-key" not in p.page.content()
+        assert not [c for c in p.ctx.cookies() if c["name"] == "llmaas_session"]
+    finally:
+        p.close()

@@ -1,0 +1,166 @@
+"""The web console with the fake engine: sign-in and sessions, CSRF on every state change, the pages a key sees,
+the playground's streamed chat (the same admission and metering as the API), usage, and escaping. The browser
+tests (tests/integration/test_console_live.py) run the same pages in Chromium with the real model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.unit.conftest import ADMIN_KEY, Admin, bearer, make_client
+
+TENANT: list[str] = []
+
+
+@pytest.fixture
+def env(tmp_path):
+    with make_client(data_dir=tmp_path, console=True, context_size=1024) as c:
+        a = Admin(c)
+        tenant = a.tenant('acme"><img src=x onerror="window.x=1">')
+        TENANT[:] = [tenant]
+        key_id, key = a.key(tenant, name='<script>alert("label")</script>')
+        c.headers.pop("Authorization")  # the console speaks with its cookie, not a bearer key
+        yield c, key, key_id, a
+
+
+def _login_csrf(c) -> str:
+    r = c.get("/console/login")
+    assert r.status_code == 200
+    return re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+
+
+def sign_in(c, key: str) -> str:
+    """Signs in; returns the session's CSRF token (from the page, as a browser would read it)."""
+    r = c.post("/console/login", data={"api_key": key, "csrf": _login_csrf(c)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/playground", r.text
+    page = c.get("/console/playground")
+    assert page.status_code == 200
+    return re.search(r'data-csrf="([^"]+)"', page.text).group(1)
+
+
+def test_pages_need_a_session(env):
+    c, *_ = env
+    for path in ("/console/playground", "/console/models", "/console/usage", "/console"):
+        r = c.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] in ("/console/login", "/console/playground")
+    r = c.get("/console/usage.json", headers={"Accept": "application/json"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "not_signed_in"
+
+
+def test_sign_in_sets_a_session_cookie_and_never_writes_the_key_into_a_page(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    cookie = next(h for h in c.get("/console/login").headers.get_list("set-cookie") if "llmaas_login_csrf" in h)
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    for path in ("/console/playground", "/console/models", "/console/usage"):
+        r = c.get(path)
+        assert r.status_code == 200 and key not in r.text and key[:20] not in r.text
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["cache-control"] == "no-store"
+    assert csrf and len(csrf) >= 24
+
+
+def test_the_session_cookie_is_httponly_and_samesite(tmp_path):
+    with make_client(data_dir=tmp_path, console=True) as c:
+        a = Admin(c)
+        _, key = a.key(a.tenant("t"))
+        r = c.post("/console/login", data={"api_key": key, "csrf": _login_csrf(c)}, follow_redirects=False)
+        cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("llmaas_session="))
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/console" in cookie
+        assert "Secure" not in cookie  # plain HTTP here; over TLS the cookie is Secure
+
+
+def test_a_wrong_key_is_refused_without_echoing_it(env):
+    c, *_ = env
+    wrong = "sk-llmaas-not-a-real-key-0123456789"
+    r = c.post("/console/login", data={"api_key": wrong, "csrf": _login_csrf(c)})
+    assert r.status_code == 401 and "Incorrect API key" in r.text and wrong not in r.text
+    assert "llmaas_session" not in c.cookies
+
+
+def test_sign_in_without_its_csrf_token_is_refused(env):
+    c, key, _, _ = env
+    c.get("/console/login")
+    r = c.post("/console/login", data={"api_key": key, "csrf": "forged"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+
+
+def test_sign_out_needs_the_token_and_ends_the_session(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    token = c.cookies.get("llmaas_session")
+    assert c.post("/console/logout", data={"csrf": "forged"}).status_code == 403
+    r = c.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
+    c.cookies.set("llmaas_session", token, path="/console")  # a copy of the old cookie is worth nothing now
+    assert c.get("/console/playground", follow_redirects=False).status_code == 303
+
+
+def test_revoking_the_key_ends_its_sessions(env):
+    c, key, key_id, _ = env
+    sign_in(c, key)
+    tenant = c.get("/v1/models", headers=bearer(key)).json()  # the key works until revoked
+    assert tenant["data"]
+    r = c.delete(f"/v1/admin/tenants/{TENANT[0]}/keys/{key_id}", headers=bearer(ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    assert c.get("/console/playground", follow_redirects=False).status_code == 303
+
+
+def _chat(c, csrf: str | None, **body):
+    headers = {"X-CSRF-Token": csrf} if csrf else {}
+    return c.post("/console/playground/chat", headers=headers,
+                  json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                        **body})
+
+
+def test_the_playground_streams_an_answer_with_its_usage_and_is_metered(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = _chat(c, csrf)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    frames = [json.loads(f[6:]) for f in r.text.split("\n\n") if f.startswith("data: {")]
+    text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in frames if ch["choices"])
+    assert len(text) == 5 and frames[-1]["usage"]["completion_tokens"] == 5
+    assert r.text.rstrip().endswith("data: [DONE]")
+    for _ in range(50):  # the meter writes in the background
+        usage = c.get("/console/usage.json").json()["days"]
+        if usage["totals"]["requests"]:
+            break
+    assert usage["totals"]["requests"] == 1 and usage["totals"]["completion_tokens"] == 5
+    assert len(usage["data"]) == 30 and usage["data"][-1]["requests"] == 1  # every day, today last
+    table = c.get("/console/usage/by-model")
+    assert table.status_code == 200 and "fake-model" in table.text and "<html" not in table.text
+
+
+def test_the_playground_refuses_without_the_csrf_header(env):
+    c, key, _, _ = env
+    sign_in(c, key)
+    r = _chat(c, None)
+    assert r.status_code == 403 and r.json()["error"]["param"] == "csrf"
+
+
+@pytest.mark.parametrize(("body", "param"), [({"temperature": 5}, "temperature"), ({"max_tokens": 0}, "max_tokens"),
+                                             ({"model": "nope"}, "model")])
+def test_bad_playground_input_is_a_clear_error_naming_the_field(env, body, param):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = _chat(c, csrf, **body)
+    assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, r.text
+
+
+def test_user_content_is_escaped(env):
+    c, key, _, _ = env
+    sign_in(c, key)
+    page = c.get("/console/playground").text
+    assert '<script>alert("label")</script>' not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#34;label&#34;)&lt;/script&gt;" in page  # the key's name, shown as text
+    assert "acme&#34;&gt;&lt;img src=x onerror=&#34;window.x=1&#34;&gt;" in page  # the tenant's name
+
+
+def test_models_page_lists_what_the_key_may_use(env):
+    c, key, _, _ = env
+    sign_in(c, key)
+    r = c.get("/console/models")
+    assert r.status_code == 200 and "fake-model" in r.text and "No fine-tuned model yet" in r.text
