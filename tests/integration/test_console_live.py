@@ -16,6 +16,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from tests.integration.conftest import LiveServer
+from tests.integration.test_fine_tuning_flow import sentiment_rows
 
 CHROMIUM = os.environ.get("LLMAAS_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("LLMAAS_CONSOLE_SCREENSHOTS")
@@ -49,7 +50,7 @@ def hostile(server: LiveServer) -> str:
 
 
 class Page:
-    """A browser page that records every JavaScript error it sees."""
+    """A browser page that records every JavaScript error and every failed script, style or fetch."""
 
     def __init__(self, browser, url: str, width: int = 1280, height: int = 860) -> None:
         self.ctx = browser.new_context(viewport={"width": width, "height": height})
@@ -57,7 +58,11 @@ class Page:
         self.url = url
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        # A form answered 400 or 403 is a page the user should see; a script, style or fetch that fails is a bug.
+        self.page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                     and self.errors.append(m.text))
+        self.page.on("response", lambda r: r.status >= 400 and r.request.resource_type != "document"
+                     and self.errors.append(f"{r.status} {r.url}"))
 
     def sign_in(self, key: str) -> None:
         self.page.goto(f"{self.url}/console/login")
@@ -72,6 +77,16 @@ class Page:
 
     def close(self) -> None:
         self.ctx.close()
+
+
+def until(page, expression: str, timeout_s: float = 30) -> None:
+    """Waits until `expression` is true in the page. (Playwright's wait_for_function evaluates its predicate with
+    eval, which the console's Content-Security-Policy forbids; page.evaluate is not subject to it.)"""
+    for _ in range(int(timeout_s * 10)):
+        if page.evaluate(expression):
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"never true: {expression}")
 
 
 def _ask(page, text: str) -> str:
@@ -111,7 +126,7 @@ def test_sign_in_chat_and_see_usage_move(server: LiveServer, browser, member: st
             p.page.wait_for_timeout(300)
             p.page.reload()
         assert cells[0] == "SmolLM2-135M-Instruct" and int(cells[1]) == 2, cells
-        p.page.wait_for_function("Chart.getChart(document.getElementById('usage-chart')) !== undefined")
+        until(p.page, "typeof Chart !== 'undefined' && !!Chart.getChart(document.getElementById('usage-chart'))")
         p.shot("usage")
         p.page.click("nav >> text=Models")
         assert "SmolLM2-135M-Instruct" in p.page.inner_text("main")
@@ -163,12 +178,12 @@ def test_pages_fit_a_phone_without_errors(server: LiveServer, browser, member: s
     p = Page(browser, server.url, width=390, height=844)
     try:
         p.sign_in(member)
-        for path in ("playground", "models", "usage"):
+        for path in ("playground", "models", "files", "fine-tuning", "usage"):
             p.page.goto(f"{server.url}/console/{path}")
             p.page.wait_for_load_state("networkidle")
             overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"/console/{path} is {overflow}px wider than the phone"
-            assert p.page.locator("nav a").count() == 3
+            assert p.page.locator("nav a").count() == 5
         assert p.errors == []
     finally:
         p.close()
@@ -183,5 +198,62 @@ def test_a_wrong_key_shows_an_error_and_keeps_nothing(server: LiveServer, browse
         assert "Incorrect API key" in p.page.inner_text(".error")
         assert "sk-llmaas-wrong-key" not in p.page.content()
         assert not [c for c in p.ctx.cookies() if c["name"] == "llmaas_session"]
+    finally:
+        p.close()
+
+
+def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, member: str):
+    """The loop in the browser: upload a dataset, start a job, watch it train (status, loss chart, checkpoints)
+    until it succeeds, then open the fine-tuned model in the playground and chat with it."""
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)
+        p.page.click("nav >> text=Files")
+        p.page.set_input_files("#file", files=[{"name": "sentiment.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": sentiment_rows(16)}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/files/file-*")
+        assert "sentiment.jsonl" in p.page.inner_text("h1") and "positive" in p.page.inner_text(".preview")
+        p.page.click("text=Fine-tune on it")
+        p.page.fill("#n_epochs", "1")
+        p.page.fill("#rank", "8")
+        p.page.fill("#suffix", "console")
+        p.shot("fine-tuning")
+        p.page.click("form.fields button[type=submit]")
+        p.page.wait_for_url("**/console/fine-tuning/ftjob-*")
+        for _ in range(600):  # the page polls the job itself; a function polled by Playwright would need eval
+            status = p.page.inner_text("#job-status")
+            if status in ("succeeded", "failed", "cancelled"):
+                break
+            p.page.wait_for_timeout(1000)
+        assert status == "succeeded", p.page.inner_text("main")
+        assert p.page.evaluate("Chart.getChart(document.getElementById('loss-chart')).data.datasets[0].data.length") > 0
+        assert p.page.locator("#events li").count() > 2
+        model = p.page.inner_text("#job-model code")
+        assert model.startswith("ft:SmolLM2-135M-Instruct:")
+        p.shot("job")
+        p.page.click("#try-model")
+        p.page.wait_for_url("**/console/playground?model=*")
+        assert p.page.eval_on_selector("#model", "s => s.value") == model
+        p.page.fill("#max_tokens", "4")
+        assert _ask(p.page, "A wonderful, moving film.").strip()
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_a_bad_upload_lists_its_line_errors(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)
+        p.page.goto(f"{server.url}/console/files")
+        p.page.select_option("#purpose", "fine-tune")
+        p.page.set_input_files("#file", files=[{"name": "bad.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": b'{"messages": []}\nnot json\n'}])
+        p.page.click("form[enctype] button[type=submit]")
+        items = p.page.locator("#upload-errors li").all_inner_texts()
+        assert len(items) >= 3 and any("line 2" in i for i in items), items
+        assert p.page.eval_on_selector("#purpose", "s => s.value") == "fine-tune"
+        assert p.errors == []
     finally:
         p.close()

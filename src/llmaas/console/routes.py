@@ -10,10 +10,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
@@ -23,8 +22,6 @@ from llmaas.api.routers.models import list_models
 from llmaas.console.session import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
-    CsrfRefused,
-    NotSignedIn,
     Visitor,
     check_csrf,
     control,
@@ -46,34 +43,15 @@ SignedIn = Annotated[Visitor, Depends(visitor)]
 # Scripts and styles only from this server: a message that slips past escaping still cannot run.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-NAV = [("playground", "Playground"), ("models", "Models"), ("usage", "Usage")]
-
-
-def mount(app: FastAPI) -> None:
-    """Serve the console under /console on `app`."""
-    app.state.console_templates = Jinja2Templates(directory=HERE / "templates")
-    app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    app.include_router(router)
-    app.add_exception_handler(NotSignedIn, _not_signed_in)
-    app.add_exception_handler(CsrfRefused, _csrf_refused)
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path.startswith("/console"):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            response.headers.setdefault("Referrer-Policy", "same-origin")
-            if not request.url.path.startswith("/console/static"):
-                response.headers.setdefault("Cache-Control", "no-store")
-        return response
+NAV = [("playground", "Playground"), ("models", "Models"), ("files", "Files"), ("fine-tuning", "Fine-tuning"),
+       ("usage", "Usage")]
 
 
 def _wants_json(request: Request) -> bool:
     return request.method != "GET" or "application/json" in request.headers.get("accept", "")
 
 
-async def _not_signed_in(request: Request, exc: Exception) -> Response:
+async def not_signed_in(request: Request, exc: Exception) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": {"message": "Your console session has ended; sign in again.",
                                        "type": "invalid_request_error", "param": None, "code": "not_signed_in"}},
@@ -81,7 +59,7 @@ async def _not_signed_in(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/console/login", status_code=303)
 
 
-async def _csrf_refused(request: Request, exc: Exception) -> Response:
+async def csrf_refused(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": {"message": "This form is out of date (missing or wrong CSRF token); reload the "
                                    "page and try again.", "type": "invalid_request_error", "param": "csrf",
                                    "code": "csrf_failed"}}, status_code=403)

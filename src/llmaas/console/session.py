@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 
-from llmaas.control.auth.principal import Principal
+from llmaas.api.deps import request_id
+from llmaas.control.auth.principal import Context, Principal
 from llmaas.control.auth.sessions import Session
 from llmaas.control.plane import ControlPlane
 
@@ -73,3 +74,8 @@ def check_csrf(request: Request, expected: str, sent: str | None) -> None:
 
 def new_login_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def context(request: Request, me: Visitor) -> Context:
+    """The audit context of a console request: the key, the client, the request id."""
+    return Context(me.principal, request.client.host if request.client else None, request_id(request))

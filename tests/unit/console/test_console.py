@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.unit.conftest import ADMIN_KEY, Admin, bearer, make_client
+from tests.unit.conftest import ADMIN_KEY, TRAIN, Admin, bearer, make_client
 
 TENANT: list[str] = []
 
@@ -21,7 +21,6 @@ def env(tmp_path):
         tenant = a.tenant('acme"><img src=x onerror="window.x=1">')
         TENANT[:] = [tenant]
         key_id, key = a.key(tenant, name='<script>alert("label")</script>')
-        c.headers.pop("Authorization")  # the console speaks with its cookie, not a bearer key
         yield c, key, key_id, a
 
 
@@ -164,3 +163,93 @@ def test_models_page_lists_what_the_key_may_use(env):
     sign_in(c, key)
     r = c.get("/console/models")
     assert r.status_code == 200 and "fake-model" in r.text and "No fine-tuned model yet" in r.text
+
+
+def _member_and_reader(c, a: Admin) -> tuple[str, str]:
+    tenant = TENANT[0]
+    return a.key(tenant, role="member")[1], a.key(tenant, role="reader")[1]
+
+
+def test_upload_a_file_preview_it_and_delete_it(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/files", data={"purpose": "fine-tune", "csrf": csrf},
+               files={"file": ("train <b>.jsonl", TRAIN, "application/jsonl")}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = c.get(r.headers["location"])
+    assert page.status_code == 200 and "train &lt;b&gt;.jsonl" in page.text and "alpha" in page.text
+    file_id = r.headers["location"].rsplit("/", 1)[1]
+    assert file_id in c.get("/console/files").text
+    assert c.post(f"/console/files/{file_id}/delete", data={"csrf": "x"}).status_code == 403
+    r = c.post(f"/console/files/{file_id}/delete", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and file_id not in c.get("/console/files").text
+
+
+def test_a_bad_file_shows_its_line_errors_and_keeps_nothing(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    bad = TRAIN + b'{"messages": "not a list"}\nnot json\n'
+    r = c.post("/console/files", data={"purpose": "fine-tune", "csrf": csrf},
+               files={"file": ("bad.jsonl", bad, "application/jsonl")})
+    assert r.status_code == 400
+    errors = re.search(r'<div class="error" role="alert" id="upload-errors">(.*?)</div>', r.text, re.S).group(1)
+    assert errors.count("<li>") >= 3 and "line" in errors  # the summary, then one item per bad line
+    assert "bad.jsonl" in errors and "No file yet." in r.text
+
+
+def test_a_reader_sees_no_write_forms_and_cannot_write(env):
+    c, _, _, a = env
+    _, reader = _member_and_reader(c, a)
+    csrf = sign_in(c, reader)
+    for path in ("/console/files", "/console/fine-tuning"):
+        page = c.get(path).text
+        assert 'enctype="multipart/form-data"' not in page and 'action="/console/fine-tuning"' not in page
+    r = c.post("/console/files", data={"purpose": "fine-tune", "csrf": csrf},
+               files={"file": ("t.jsonl", TRAIN, "application/jsonl")})
+    assert r.status_code == 403 and "No file yet." in r.text
+
+
+def test_another_tenants_file_and_job_are_missing(env):
+    c, key, _, a = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/files", data={"purpose": "fine-tune", "csrf": csrf},
+               files={"file": ("t.jsonl", TRAIN, "application/jsonl")}, follow_redirects=False)
+    file_id = r.headers["location"].rsplit("/", 1)[1]
+    r = c.post("/console/fine-tuning", data={"model": "fake-model", "training_file": file_id, "n_epochs": "1",
+                                             "csrf": csrf}, follow_redirects=False)
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    other = a.key(a.tenant("other"))[1]
+    c.cookies.clear()
+    sign_in(c, other)
+    for path in (f"/console/files/{file_id}", f"/console/fine-tuning/{job_id}", f"/console/fine-tuning/{job_id}/live"):
+        assert c.get(path).status_code == 404, path
+
+
+def test_start_watch_and_cancel_a_fine_tuning_job(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/files", data={"purpose": "fine-tune", "csrf": csrf},
+               files={"file": ("t.jsonl", TRAIN, "application/jsonl")}, follow_redirects=False)
+    file_id = r.headers["location"].rsplit("/", 1)[1]
+    assert f'value="{file_id}" selected' in c.get(f"/console/fine-tuning?training_file={file_id}").text
+    r = c.post("/console/fine-tuning", data={"model": "fake-model", "training_file": file_id, "n_epochs": "2",
+                                             "rank": "8", "suffix": "demo", "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    live = c.get(f"/console/fine-tuning/{job_id}/live").json()
+    assert live["job"]["status"] in ("validating_files", "queued") and live["job"]["hyperparameters"]["n_epochs"] == 2
+    assert live["events"][0]["message"].startswith("Validating training file")
+    assert job_id in c.get("/console/fine-tuning").text
+    r = c.post(f"/console/fine-tuning/{job_id}/cancel", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert c.get(f"/console/fine-tuning/{job_id}/live").json()["job"]["status"] == "cancelled"
+
+
+def test_a_bad_job_form_is_refused_and_keeps_what_was_typed(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/fine-tuning", data={"model": "fake-model", "training_file": "file-nope", "n_epochs": "abc",
+                                             "suffix": "keep-me", "csrf": csrf})
+    assert r.status_code == 400 and "n_epochs" in r.text and 'value="keep-me"' in r.text and 'value="abc"' in r.text
+    r = c.post("/console/fine-tuning", data={"model": "fake-model", "training_file": "file-nope", "csrf": csrf})
+    assert r.status_code in (400, 404) and "file-nope" in r.text

@@ -1,0 +1,32 @@
+"""Mounting the console on an app: templates, static files, its routers, its error pages and security headers."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from llmaas.console import routes as pages
+from llmaas.console import work
+from llmaas.console.session import CsrfRefused, NotSignedIn
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the console under /console on `app`."""
+    app.state.console_templates = Jinja2Templates(directory=pages.HERE / "templates")
+    app.mount("/console/static", StaticFiles(directory=pages.HERE / "static"), name="console-static")
+    app.include_router(pages.router)
+    app.include_router(work.router)
+    app.add_exception_handler(NotSignedIn, pages.not_signed_in)
+    app.add_exception_handler(CsrfRefused, pages.csrf_refused)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path.startswith("/console"):
+            response.headers.setdefault("Content-Security-Policy", pages.CSP)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+            if not request.url.path.startswith("/console/static"):
+                response.headers.setdefault("Cache-Control", "no-store")
+        return response
