@@ -7,6 +7,7 @@ the README shows)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -178,12 +179,12 @@ def test_pages_fit_a_phone_without_errors(server: LiveServer, browser, member: s
     p = Page(browser, server.url, width=390, height=844)
     try:
         p.sign_in(member)
-        for path in ("playground", "models", "files", "fine-tuning", "usage"):
+        for path in ("playground", "models", "files", "fine-tuning", "batches", "usage"):
             p.page.goto(f"{server.url}/console/{path}")
             p.page.wait_for_load_state("networkidle")
             overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"/console/{path} is {overflow}px wider than the phone"
-            assert p.page.locator("nav a").count() == 5
+            assert p.page.locator("nav a").count() == 6  # a member's pages: no Keys
         assert p.errors == []
     finally:
         p.close()
@@ -254,6 +255,31 @@ def test_a_bad_upload_lists_its_line_errors(server: LiveServer, browser, member:
         items = p.page.locator("#upload-errors li").all_inner_texts()
         assert len(items) >= 3 and any("line 2" in i for i in items), items
         assert p.page.eval_on_selector("#purpose", "s => s.value") == "fine-tune"
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_run_a_batch_and_download_its_results(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)
+        p.page.click("nav >> text=Batches")
+        lines = b"".join(json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {"model": "SmolLM2-135M-Instruct", "max_tokens": 4,
+                                              "messages": [{"role": "user", "content": f"Count to {i}."}]}}).encode()
+                         + b"\n" for i in range(3))
+        p.page.set_input_files("#file", files=[{"name": "batch.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": lines}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/batches/batch_*")
+        p.page.wait_for_selector("#batch-status:text('completed')", timeout=120_000)  # htmx refreshes it
+        assert "3 completed, 0 failed, 3 lines" in p.page.inner_text("#batch-counts")
+        with p.page.expect_download() as dl:
+            p.page.click("#batch-output")
+        results = [json.loads(x) for x in Path(dl.value.path()).read_text().splitlines()]
+        assert sorted(r["custom_id"] for r in results) == ["q0", "q1", "q2"]
+        assert all(r["response"]["status_code"] == 200 for r in results)
         assert p.errors == []
     finally:
         p.close()

@@ -29,7 +29,7 @@ from llmaas.console.session import (
     set_cookie,
     visitor,
 )
-from llmaas.control.auth.principal import Context
+from llmaas.control.auth.principal import Context, Role
 from llmaas.control.billing import usage
 from llmaas.control.clock import utcnow
 from llmaas.control.plane import ControlPlane
@@ -43,8 +43,10 @@ SignedIn = Annotated[Visitor, Depends(visitor)]
 # Scripts and styles only from this server: a message that slips past escaping still cannot run.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-NAV = [("playground", "Playground"), ("models", "Models"), ("files", "Files"), ("fine-tuning", "Fine-tuning"),
-       ("usage", "Usage")]
+# (path, label, the roles that see it; None: every role)
+NAV = [("playground", "Playground", None), ("models", "Models", None), ("files", "Files", None),
+       ("fine-tuning", "Fine-tuning", None), ("batches", "Batches", None), ("usage", "Usage", None),
+       ("keys", "Keys", (Role.OWNER,))]
 
 
 def _wants_json(request: Request) -> bool:
@@ -67,11 +69,13 @@ async def csrf_refused(request: Request, exc: Exception) -> Response:
 
 def render(request: Request, name: str, status_code: int = 200, **ctx) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.console_templates
-    return templates.TemplateResponse(request, name, {"nav": NAV, **ctx}, status_code=status_code)
+    return templates.TemplateResponse(request, name, ctx, status_code=status_code)
 
 
 def page(request: Request, name: str, me: Visitor, **ctx) -> HTMLResponse:
-    return render(request, name, me=me, principal=me.principal, csrf=me.csrf, **ctx)
+    nav = [(path, label) for path, label, roles in NAV
+           if roles is None or me.principal.is_admin or me.principal.role in roles]
+    return render(request, name, me=me, principal=me.principal, csrf=me.csrf, nav=nav, **ctx)
 
 
 # --- signing in and out ---

@@ -20,7 +20,7 @@ from llmaas.core.errors import InvalidRequestError, LlmaasError
 from llmaas.protocol.fine_tuning import FineTuneCreate
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-_CHUNK = 1 << 20
+CHUNK = 1 << 20
 _PREVIEW_LINES = 20
 
 
@@ -28,7 +28,7 @@ def can_write(me: Visitor) -> bool:
     return me.principal.is_admin or me.principal.role in SPENDERS
 
 
-def _errors(e: LlmaasError) -> list[str]:
+def form_errors(e: LlmaasError) -> list[str]:
     """An API error as the lines a page lists (a file's per-line problems one per line)."""
     head, sep, rest = e.message.partition("problem(s): ")
     if sep and rest:
@@ -58,14 +58,14 @@ async def upload(request: Request, me: SignedIn, file: Annotated[UploadFile, Fil
     try:
         up = service.upload(context(request, me), purpose, file.filename or "upload.jsonl")
         try:
-            while chunk := await file.read(_CHUNK):
+            while chunk := await file.read(CHUNK):
                 up.write(chunk)
             stored = await asyncio.to_thread(up.finish, purpose)
         except BaseException:
             up.abort()
             raise
     except LlmaasError as e:  # the form keeps the chosen purpose; the file must be chosen again (browsers' rule)
-        return await _files_page(request, me, e.status_code, errors=_errors(e), purpose=purpose,
+        return await _files_page(request, me, e.status_code, errors=form_errors(e), purpose=purpose,
                                  filename=file.filename)
     return RedirectResponse(f"/console/files/{stored.id}", status_code=303)
 
@@ -120,7 +120,7 @@ async def create_job(request: Request, me: SignedIn) -> Response:
         body = _job_body({k: str(v) for k, v in form.items()})
         job = await asyncio.to_thread(ft_api.create_job, body, request, context(request, me))
     except LlmaasError as e:  # the form keeps what was typed
-        return await _jobs_page(request, me, e.status_code, errors=_errors(e), form=form)
+        return await _jobs_page(request, me, e.status_code, errors=form_errors(e), form=form)
     return RedirectResponse(f"/console/fine-tuning/{job['id']}", status_code=303)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -253,3 +254,71 @@ def test_a_bad_job_form_is_refused_and_keeps_what_was_typed(env):
     assert r.status_code == 400 and "n_epochs" in r.text and 'value="keep-me"' in r.text and 'value="abc"' in r.text
     r = c.post("/console/fine-tuning", data={"model": "fake-model", "training_file": "file-nope", "csrf": csrf})
     assert r.status_code in (400, 404) and "file-nope" in r.text
+
+
+def test_an_owner_creates_rotates_and_revokes_keys_and_sees_each_secret_once(env):
+    c, _, _, a = env
+    owner = a.key(TENANT[0], role="owner", name="boss")[1]
+    csrf = sign_in(c, owner)
+    assert 'href="/console/keys"' in c.get("/console/playground").text
+    r = c.post("/console/keys", data={"name": "ci <bot>", "role": "reader", "csrf": csrf})
+    assert r.status_code == 200
+    secret = re.search(r'<code class="secret">([^<]+)</code>', r.text).group(1)
+    assert secret.startswith("sk-llmaas-") and "ci &lt;bot&gt;" in r.text
+    assert c.get("/v1/models", headers=bearer(secret)).status_code == 200  # the key works
+    page = c.get("/console/keys").text
+    assert secret not in page and "ci &lt;bot&gt;" in page  # never shown again
+    key_id = re.search(r'action="/console/keys/([^/]+)/rotate"', page.split("ci &lt;bot&gt;")[1]).group(1)
+    r = c.post(f"/console/keys/{key_id}/rotate", data={"csrf": csrf})
+    rotated = re.search(r'<code class="secret">([^<]+)</code>', r.text).group(1)
+    assert rotated != secret and c.get("/v1/models", headers=bearer(rotated)).status_code == 200
+    for kid in re.findall(r'action="/console/keys/([^/]+)/revoke"', c.get("/console/keys").text):
+        assert c.post(f"/console/keys/{kid}/revoke", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert c.get("/v1/models", headers=bearer(rotated)).status_code == 401
+    assert c.get("/console/playground", follow_redirects=False).status_code == 200  # its own key is kept
+
+
+def test_a_member_sees_no_keys_page(env):
+    c, key, _, _ = env
+    sign_in(c, key)
+    assert 'href="/console/keys"' not in c.get("/console/playground").text
+    assert c.get("/console/keys").status_code == 403
+
+
+def test_a_bad_key_form_keeps_what_was_typed(env):
+    c, _, _, a = env
+    owner = a.key(TENANT[0], role="owner")[1]
+    csrf = sign_in(c, owner)
+    r = c.post("/console/keys", data={"name": "keep-me", "role": "member", "expires_in_days": "-3", "csrf": csrf})
+    assert r.status_code == 400 and "expires_in_days" in r.text and 'value="keep-me"' in r.text
+
+
+def test_start_a_batch_and_download_its_results(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    lines = b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                 "body": {"model": "fake-model", "max_tokens": 3,
+                                          "messages": [{"role": "user", "content": "hi"}]}}).encode() + b"\n"
+                     for i in range(3))
+    r = c.post("/console/batches", data={"endpoint": "/v1/chat/completions", "csrf": csrf},
+               files={"file": ("b.jsonl", lines, "application/jsonl")}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    batch_id = r.headers["location"].rsplit("/", 1)[1]
+    for _ in range(300):
+        part = c.get(f"/console/batches/{batch_id}/progress").text
+        if "completed</strong>" in part:
+            break
+        time.sleep(0.05)
+    assert "3 completed, 0 failed, 3 lines" in part and "<html" not in part
+    out = re.search(r'id="batch-output" href="([^"]+)"', part).group(1)
+    results = [json.loads(x) for x in c.get(out).text.splitlines()]
+    assert sorted(r["custom_id"] for r in results) == ["r0", "r1", "r2"]
+    assert batch_id in c.get("/console/batches").text
+
+
+def test_a_bad_batch_file_is_refused_on_the_page(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/batches", data={"endpoint": "/v1/nope", "csrf": csrf},
+               files={"file": ("b.jsonl", b"{}\n", "application/jsonl")})
+    assert r.status_code == 400 and "endpoint" in r.text and 'id="batch-errors"' in r.text
