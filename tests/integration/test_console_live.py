@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright
 
+from tests.data import data_lines
 from tests.integration.conftest import LiveServer
 from tests.integration.test_fine_tuning_flow import sentiment_rows
 
@@ -179,12 +180,12 @@ def test_pages_fit_a_phone_without_errors(server: LiveServer, browser, member: s
     p = Page(browser, server.url, width=390, height=844)
     try:
         p.sign_in(member)
-        for path in ("playground", "models", "files", "fine-tuning", "batches", "usage"):
+        for path in ("playground", "models", "files", "fine-tuning", "evals", "batches", "usage"):
             p.page.goto(f"{server.url}/console/{path}")
             p.page.wait_for_load_state("networkidle")
             overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"/console/{path} is {overflow}px wider than the phone"
-            assert p.page.locator("nav a").count() == 6  # a member's pages: no Keys
+            assert p.page.locator("nav a").count() == 7  # a member's pages: no Keys
         assert p.errors == []
     finally:
         p.close()
@@ -280,6 +281,35 @@ def test_run_a_batch_and_download_its_results(server: LiveServer, browser, membe
         results = [json.loads(x) for x in Path(dl.value.path()).read_text().splitlines()]
         assert sorted(r["custom_id"] for r in results) == ["q0", "q1", "q2"]
         assert all(r["response"]["status_code"] == 200 for r in results)
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_run_an_eval_and_read_its_tables(server: LiveServer, browser, member: str):
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)
+        p.page.goto(f"{server.url}/console/files")
+        rows = b"".join(line.encode() + b"\n" for line in data_lines("rotten_tomatoes", "test", 8))
+        p.page.select_option("#purpose", "evals")
+        p.page.set_input_files("#file", files=[{"name": "reviews.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": rows}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/files/file-*")
+        p.page.click("nav >> text=Evals")
+        p.page.select_option("#model", "SmolLM2-135M-Instruct")
+        p.page.select_option("#task", "classification")
+        p.page.fill("#labels", "positive, negative")
+        p.page.fill("#system", "Classify the sentiment of the movie review as positive or negative.")
+        p.page.fill("#name", "console")
+        p.page.click("#eval-form button[type=submit]")
+        p.page.wait_for_url("**/console/evals/eval*")
+        p.page.wait_for_selector("#eval-status:text('succeeded')", timeout=300_000)  # htmx refreshes it
+        confusion = p.page.locator("table.confusion td").all_inner_texts()
+        assert len(confusion) == 4 and sum(int(x) for x in confusion) == 8
+        assert p.page.locator("table.per-class tbody tr").count() == 2
+        p.shot("eval")
         assert p.errors == []
     finally:
         p.close()

@@ -45,7 +45,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 # (path, label, the roles that see it; None: every role)
 NAV = [("playground", "Playground", None), ("models", "Models", None), ("files", "Files", None),
-       ("fine-tuning", "Fine-tuning", None), ("batches", "Batches", None), ("usage", "Usage", None),
+       ("fine-tuning", "Fine-tuning", None), ("evals", "Evals", None), ("batches", "Batches", None),
+       ("usage", "Usage", None),
        ("keys", "Keys", (Role.OWNER,))]
 
 
@@ -127,7 +128,7 @@ async def logout(request: Request, me: SignedIn, csrf: Annotated[str, Form()] = 
 
 # --- pages ---
 
-async def _models(request: Request, me: Visitor) -> list[dict]:
+async def models_of(request: Request, me: Visitor) -> list[dict]:
     """The models this key may use, as /v1/models lists them, each with its price."""
     cp = control(request)
     models = (await list_models(request, me.principal))["data"]
@@ -143,13 +144,13 @@ def price_dict_for(cp: ControlPlane, model: str) -> dict:
 
 @router.get("/playground")
 async def playground(request: Request, me: SignedIn) -> HTMLResponse:
-    models = [m for m in await _models(request, me) if "chat" in m.get("capabilities", [])]
+    models = [m for m in await models_of(request, me) if "chat" in m.get("capabilities", [])]
     return page(request, "playground.html", me, models=models, active="playground")
 
 
 @router.get("/models")
 async def models_page(request: Request, me: SignedIn) -> HTMLResponse:
-    models = await _models(request, me)
+    models = await models_of(request, me)
     return page(request, "models.html", me, base=[m for m in models if "lineage" not in m],
                 tuned=[m for m in models if "lineage" in m], active="models")
 

@@ -322,3 +322,58 @@ def test_a_bad_batch_file_is_refused_on_the_page(env):
     r = c.post("/console/batches", data={"endpoint": "/v1/nope", "csrf": csrf},
                files={"file": ("b.jsonl", b"{}\n", "application/jsonl")})
     assert r.status_code == 400 and "endpoint" in r.text and 'id="batch-errors"' in r.text
+
+
+EVAL_ROWS = b"".join(json.dumps({"text": t, "label": lab}).encode() + b"\n"
+                     for t, lab in [("great", "positive"), ("awful", "negative"), ("fine", "positive")])
+
+
+def _finish_eval(c, eval_id: str, model: str) -> None:
+    """Stores what the eval worker stores when a run ends (the worker itself runs in the live tests)."""
+    from llmaas.control.db.models import Job
+    from llmaas.evals.metrics import classification_metrics, flatten_metrics
+
+    m = classification_metrics(["positive", "negative", "positive"], ["positive", "positive", "positive"],
+                               ["positive", "negative"])
+    with c.app.state.control.db.session() as s:
+        job = s.get(Job, eval_id)
+        job.status, job.result = "succeeded", {"models": {model: {"metrics": m, "summary": flatten_metrics(m)}}}
+        job.state = {"rows_total": 3, "rows_done": 3}
+
+
+def test_start_an_eval_read_its_metrics_and_compare_runs(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/files", data={"purpose": "evals", "csrf": csrf},
+               files={"file": ("sent.jsonl", EVAL_ROWS, "application/jsonl")}, follow_redirects=False)
+    file_id = r.headers["location"].rsplit("/", 1)[1]
+    ids = []
+    for name in ("first", "second"):
+        r = c.post("/console/evals", data={"model": "fake-model", "file_id": file_id, "task": "classification",
+                                           "labels": "positive, negative", "name": name, "csrf": csrf},
+                   follow_redirects=False)
+        assert r.status_code == 303, r.text
+        ids.append(r.headers["location"].rsplit("/", 1)[1])
+    assert "queued" in c.get(f"/console/evals/{ids[0]}").text
+    for eid in ids:
+        _finish_eval(c, eid, "fake-model")
+    page = c.get(f"/console/evals/{ids[0]}").text
+    assert "succeeded" in page and "hx-trigger" not in page  # finished: no more polling
+    per_class = re.search(r'<table class="per-class">(.*?)</table>', page, re.S).group(1)
+    assert "<td>negative</td><td>0.0</td><td>0.0</td><td>0.0</td><td>1</td>" in per_class
+    confusion = re.search(r'<table class="confusion">(.*?)</table>', page, re.S).group(1)
+    assert "<th>positive</th><td>2</td><td>0</td>" in confusion and "<th>negative</th><td>1</td><td>0</td>" in confusion
+    assert "<th>accuracy</th><td>0.6667</td>" in page
+    table = c.get("/console/evals/compare", params=[("ids", ids[0]), ("ids", ids[1])]).text
+    assert table.count("<tr>") == 3 and "macro_f1" in table and "0.4" in table
+
+
+def test_a_bad_eval_form_keeps_what_was_typed(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    r = c.post("/console/evals", data={"file_id": "file-none", "task": "classification", "labels": "a, b",
+                                       "name": "keep-me", "csrf": csrf})
+    assert r.status_code == 400 and "model" in r.text and 'value="keep-me"' in r.text and 'value="a, b"' in r.text
+    r = c.post("/console/evals", data={"model": "fake-model", "file_id": "file-none", "task": "classification",
+                                       "prompt_template": "{text.__class__}", "csrf": csrf})
+    assert r.status_code == 400 and "prompt_template" in r.text
