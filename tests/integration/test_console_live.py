@@ -116,8 +116,14 @@ def test_sign_in_chat_and_see_usage_move(server: LiveServer, browser, member: st
         assert answer.strip()
         meta = p.page.locator("#messages li.assistant .meta").first.inner_text()
         assert "completion tokens" in meta and "$" in meta
+        p.page.click("#messages li.assistant >> nth=0 >> button[aria-label='good answer']")
+        p.page.wait_for_selector("#messages li.assistant >> nth=0 >> text=rated 👍")
         second = _ask(p.page, "And of Italy?")  # the conversation goes on with its history
         assert second.strip()
+        p.page.click("#messages li.assistant >> nth=1 >> button[aria-label='bad answer']")
+        p.page.fill("#messages li.assistant >> nth=1 >> textarea.correction", "Rome.")
+        p.page.click("#messages li.assistant >> nth=1 >> button.send-rating")
+        p.page.wait_for_selector("#messages li.assistant >> nth=1 >> text=rated 👎")
         p.shot("playground")
         p.page.click("nav >> text=Usage")
         for _ in range(20):  # usage is written by the meter a moment after each answer
@@ -130,6 +136,13 @@ def test_sign_in_chat_and_see_usage_move(server: LiveServer, browser, member: st
         assert cells[0] == "SmolLM2-135M-Instruct" and int(cells[1]) == 2, cells
         until(p.page, "typeof Chart !== 'undefined' && !!Chart.getChart(document.getElementById('usage-chart'))")
         p.shot("usage")
+        p.page.click("nav >> text=Feedback")
+        rows = p.page.locator("#completions tr[data-id]")
+        assert rows.count() == 2 and "correction: Rome." in p.page.inner_text("#completions")
+        p.shot("feedback")
+        p.page.click("#export")
+        p.page.wait_for_url("**/console/files/file-*")
+        assert "Rome." in p.page.inner_text(".preview")  # the correction, as the answer to fine-tune on
         p.page.click("nav >> text=Models")
         assert "SmolLM2-135M-Instruct" in p.page.inner_text("main")
         p.shot("models")
@@ -180,12 +193,12 @@ def test_pages_fit_a_phone_without_errors(server: LiveServer, browser, member: s
     p = Page(browser, server.url, width=390, height=844)
     try:
         p.sign_in(member)
-        for path in ("playground", "models", "files", "fine-tuning", "evals", "batches", "usage"):
+        for path in ("playground", "models", "files", "fine-tuning", "evals", "feedback", "batches", "usage"):
             p.page.goto(f"{server.url}/console/{path}")
             p.page.wait_for_load_state("networkidle")
             overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"/console/{path} is {overflow}px wider than the phone"
-            assert p.page.locator("nav a").count() == 7  # a member's pages: no Keys
+            assert p.page.locator("nav a").count() == 8  # a member's pages: no Keys
         assert p.errors == []
     finally:
         p.close()

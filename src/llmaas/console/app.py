@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from llmaas.console import account, batches, evals, work
+from llmaas.console import account, batches, evals, feedback, work
 from llmaas.console import routes as pages
 from llmaas.console.session import CsrfRefused, NotSignedIn
 
@@ -16,7 +16,7 @@ def mount(app: FastAPI) -> None:
     app.state.console_templates = Jinja2Templates(directory=pages.HERE / "templates")
     app.mount("/console/static", StaticFiles(directory=pages.HERE / "static"), name="console-static")
     app.include_router(pages.router)
-    for r in (work.router, evals.router, batches.router, account.router):
+    for r in (work.router, evals.router, feedback.router, batches.router, account.router):
         app.include_router(r)
     app.add_exception_handler(NotSignedIn, pages.not_signed_in)
     app.add_exception_handler(CsrfRefused, pages.csrf_refused)

@@ -45,7 +45,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 # (path, label, the roles that see it; None: every role)
 NAV = [("playground", "Playground", None), ("models", "Models", None), ("files", "Files", None),
-       ("fine-tuning", "Fine-tuning", None), ("evals", "Evals", None), ("batches", "Batches", None),
+       ("fine-tuning", "Fine-tuning", None), ("evals", "Evals", None), ("feedback", "Feedback", None),
+       ("batches", "Batches", None),
        ("usage", "Usage", None),
        ("keys", "Keys", (Role.OWNER,))]
 
@@ -205,7 +206,9 @@ async def playground_chat(request: Request, me: SignedIn) -> Response:
     if not isinstance(raw, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     try:
-        body = ChatCompletionRequest.model_validate({**raw, "stream": True, "stream_options": {"include_usage": True}})
+        # Stored (store: true), so that an answer can be rated and reviewed under Feedback.
+        body = ChatCompletionRequest.model_validate({**raw, "stream": True, "stream_options": {"include_usage": True},
+                                                     "store": True})
     except ValidationError as e:  # answered as the API answers it: a 400 naming the field
         raise RequestValidationError(e.errors()) from None
     served = await ServingChat(served_models(request)).create(body, me.principal, request_id(request))

@@ -377,3 +377,29 @@ def test_a_bad_eval_form_keeps_what_was_typed(env):
     r = c.post("/console/evals", data={"model": "fake-model", "file_id": "file-none", "task": "classification",
                                        "prompt_template": "{text.__class__}", "csrf": csrf})
     assert r.status_code == 400 and "prompt_template" in r.text
+
+
+def test_rate_review_and_export_the_rated_answers_to_a_fine_tuning_file(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    ids = []
+    for prompt in ("first <q>", "second", "third"):
+        r = c.post("/console/playground/chat", headers={"X-CSRF-Token": csrf},
+                   json={"model": "fake-model", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4})
+        ids.append(json.loads(r.text.split("\n\n")[0][6:])["id"])
+    body = {"completion_id": ids[0], "rating": 1}
+    assert c.post("/console/feedback/rate", json=body).status_code == 403  # no CSRF header
+    assert c.post("/console/feedback/rate", json=body, headers={"X-CSRF-Token": csrf}).status_code == 200
+    r = c.post("/console/feedback/rate", json={"completion_id": ids[1], "rating": -1, "correction": "better"},
+               headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and r.json()["correction"] == "better"
+    bad = c.post("/console/feedback/rate", json={"completion_id": ids[2], "rating": 5}, headers={"X-CSRF-Token": csrf})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rating"
+    page = c.get("/console/feedback").text
+    assert page.count("<tr data-id=") == 3 and "first &lt;q&gt;" in page and "correction: better" in page
+    assert c.get("/console/feedback?rated=good").text.count("<tr data-id=") == 1
+    assert c.get("/console/feedback?rated=unrated").text.count("<tr data-id=") == 1
+    r = c.post("/console/feedback/export", data={"min_rating": "1", "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    file_page = c.get(r.headers["location"]).text
+    assert "feedback.jsonl" in file_page and "better" in file_page and "Fine-tune on it" in file_page

@@ -63,7 +63,7 @@
     send.disabled = true;
     status.textContent = "…";
     const started = performance.now();
-    let usage = null, first = null, failed = null;
+    let usage = null, first = null, failed = null, completionId = null;
     try {
       const r = await fetch("/console/playground/chat", {
         method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
@@ -88,6 +88,7 @@
           const chunk = JSON.parse(data);
           if (chunk.error) { failed = chunk.error.message; continue; }
           if (chunk.usage) usage = chunk.usage;
+          if (chunk.id) completionId = chunk.id;
           for (const c of chunk.choices || []) {
             if (c.delta && c.delta.content) {
               if (first === null) first = performance.now();
@@ -104,6 +105,7 @@
                       usage.completion_tokens * Number(option.dataset.out)) / 1e6;
         meta(li, `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens · $${cost.toFixed(6)}${ttft}`);
       }
+      if (completionId) rating(li, completionId);
       status.textContent = "";
     } catch (e) {
       history.pop();
@@ -113,6 +115,37 @@
     } finally {
       send.disabled = false;
     }
+  }
+
+  // 👍 / 👎 under an answer; 👎 opens a field for the answer it should have been.
+  function rating(li, id) {
+    const box = document.createElement("span");
+    box.className = "rate";
+    const done = document.createElement("span");
+    done.className = "muted";
+    async function send(value, correction) {
+      const body = {completion_id: id, rating: value};
+      if (correction) body.correction = correction;
+      const r = await fetch("/console/feedback/rate", {method: "POST", body: JSON.stringify(body),
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}});
+      box.replaceChildren(done);
+      done.textContent = r.ok ? (value === 1 ? "rated 👍" : "rated 👎") : "the rating was not saved";
+    }
+    const up = document.createElement("button");
+    up.type = "button"; up.className = "link"; up.textContent = "👍"; up.setAttribute("aria-label", "good answer");
+    up.addEventListener("click", () => send(1));
+    const down = document.createElement("button");
+    down.type = "button"; down.className = "link"; down.textContent = "👎"; down.setAttribute("aria-label", "bad answer");
+    down.addEventListener("click", () => {
+      const fix = document.createElement("textarea");
+      fix.className = "correction"; fix.rows = 2; fix.placeholder = "The answer it should have been (optional)";
+      const ok = document.createElement("button");
+      ok.type = "button"; ok.textContent = "Send the rating"; ok.className = "send-rating";
+      ok.addEventListener("click", () => send(-1, fix.value.trim()));
+      box.replaceChildren(fix, ok);
+    });
+    box.append(up, " ", down);
+    li.appendChild(box);
   }
 
   form.addEventListener("submit", ask);

@@ -101,6 +101,39 @@ class StoredCompletionService:
                                      keep=_meta_match(metadata))
             return [completion_dict(c) for c in rows], more
 
+    def review(self, ctx: Context, *, model: str | None = None, rated: str | None = None,
+               limit: int = 50) -> list[dict]:
+        """The newest stored completions for a person to review: each with its last user message, its answer and
+        its latest feedback. `rated`: "good", "bad" or "unrated" (among the newest 10x `limit`)."""
+        tid = ctx.principal.tenant_id
+        stmt = select(StoredCompletion).where(StoredCompletion.tenant_id == tid)
+        if model:
+            stmt = stmt.where(StoredCompletion.model == model)
+        stmt = stmt.order_by(StoredCompletion.created_at.desc(), StoredCompletion.id.desc()).limit(
+            limit if rated is None else 10 * limit)
+        with self.db.session() as s:
+            rows = list(s.scalars(stmt))
+            latest: dict[str, CompletionFeedback] = {}
+            for f in s.scalars(select(CompletionFeedback).where(CompletionFeedback.completion_id.in_(
+                    [c.id for c in rows])).order_by(CompletionFeedback.created_at)):
+                latest[f.completion_id] = f
+        out = []
+        for c in rows:
+            f = latest.get(c.id)
+            if rated and {"good": f is not None and f.rating == 1, "bad": f is not None and f.rating == -1,
+                          "unrated": f is None}.get(rated) is not True:
+                continue
+            users = [m for m in c.request.get("messages", []) if m.get("role") == "user"]
+            last = users[-1].get("content") if users else None
+            prompt = content_text(last, strict=False) if isinstance(last, list) else last
+            choices = c.response.get("choices") or [{}]
+            out.append({"id": c.id, "model": c.model, "created_at": unix(c.created_at), "prompt": prompt or "",
+                        "answer": (choices[0].get("message") or {}).get("content") or "",
+                        "feedback": feedback_dict(f) if f is not None else None})
+            if len(out) == limit:
+                break
+        return out
+
     def update_metadata(self, ctx: Context, completion_id: str, metadata: dict[str, str] | None) -> dict:
         ctx.principal.require(*SPENDERS)
         with self.db.session() as s:
