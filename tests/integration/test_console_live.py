@@ -326,3 +326,25 @@ def test_run_an_eval_and_read_its_tables(server: LiveServer, browser, member: st
         assert p.errors == []
     finally:
         p.close()
+
+
+def test_the_admin_sees_tenants_models_deployments_and_the_audit_log(server: LiveServer, browser):
+    from tests.integration.conftest import ADMIN_KEY
+
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(ADMIN_KEY)
+        p.page.click("nav >> text=Admin")
+        assert "SmolLM2-135M-Instruct" in p.page.inner_text("#catalog")
+        assert p.page.locator("#deployments tbody tr").count() >= 1 and "running" in p.page.inner_text("#deployments")
+        p.page.fill("#tenant_name", "Console Co")
+        p.page.click("form[action='/console/admin/tenants'] button")
+        p.page.wait_for_selector("#tenants >> text=Console Co")
+        p.shot("admin")
+        p.page.click("text=Audit log")
+        p.page.fill("#a-action", "tenant.create")
+        p.page.click("form[action='/console/admin/audit'] button")
+        assert "tenant.create" in p.page.inner_text("#audit")
+        assert p.errors == []
+    finally:
+        p.close()

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from llmaas.console import account, batches, evals, feedback, work
+from llmaas.console import account, admin, batches, evals, feedback, work
 from llmaas.console import routes as pages
 from llmaas.console.session import CsrfRefused, NotSignedIn
 
 
 def mount(app: FastAPI) -> None:
     """Serve the console under /console on `app`."""
-    app.state.console_templates = Jinja2Templates(directory=pages.HERE / "templates")
+    templates = Jinja2Templates(directory=pages.HERE / "templates")
+    templates.env.filters["utc"] = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S") if t else ""
+    app.state.console_templates = templates
     app.mount("/console/static", StaticFiles(directory=pages.HERE / "static"), name="console-static")
     app.include_router(pages.router)
-    for r in (work.router, evals.router, feedback.router, batches.router, account.router):
+    for r in (work.router, evals.router, feedback.router, batches.router, account.router, admin.router):
         app.include_router(r)
     app.add_exception_handler(NotSignedIn, pages.not_signed_in)
     app.add_exception_handler(CsrfRefused, pages.csrf_refused)

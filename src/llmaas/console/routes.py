@@ -48,7 +48,7 @@ NAV = [("playground", "Playground", None), ("models", "Models", None), ("files",
        ("fine-tuning", "Fine-tuning", None), ("evals", "Evals", None), ("feedback", "Feedback", None),
        ("batches", "Batches", None),
        ("usage", "Usage", None),
-       ("keys", "Keys", (Role.OWNER,))]
+       ("keys", "Keys", (Role.OWNER,)), ("admin", "Admin", (Role.ADMIN,))]
 
 
 def _wants_json(request: Request) -> bool:

@@ -403,3 +403,32 @@ def test_rate_review_and_export_the_rated_answers_to_a_fine_tuning_file(env):
     assert r.status_code == 303, r.text
     file_page = c.get(r.headers["location"]).text
     assert "feedback.jsonl" in file_page and "better" in file_page and "Fine-tune on it" in file_page
+
+
+def test_the_platform_admin_pages(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, ADMIN_KEY)
+    page = c.get("/console/admin")
+    assert page.status_code == 200 and 'href="/console/admin"' in page.text
+    assert "fake-model" in page.text and 'id="deployments"' in page.text and "<code>local</code>" in page.text
+    r = c.post("/console/admin/tenants", data={"name": "new <co>", "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and "new &lt;co&gt;" in c.get("/console/admin").text
+    r = c.post("/console/admin/models/fake-model/price", data={"input_usd_per_mtok": "-1", "output_usd_per_mtok": "2",
+                                                              "csrf": csrf})
+    assert r.status_code == 400 and "input_usd_per_mtok" in r.text and 'value="-1"' in r.text  # kept
+    r = c.post("/console/admin/models/fake-model/price", data={"input_usd_per_mtok": "0.5",
+                                                              "output_usd_per_mtok": "2", "csrf": csrf},
+               follow_redirects=False)
+    assert r.status_code == 303
+    assert c.get("/v1/admin/models/fake-model").json()["output_usd_per_mtok"] == "2.00"
+    audit = c.get("/console/admin/audit", params={"action": "tenant.create"}).text
+    assert "tenant.create" in audit and "model.price" not in audit
+    assert "model" in c.get("/console/admin/audit").text
+
+
+def test_the_admin_pages_are_the_admins_only(env):
+    c, _, _, a = env
+    owner = a.key(TENANT[0], role="owner")[1]
+    sign_in(c, owner)
+    assert 'href="/console/admin"' not in c.get("/console/playground").text
+    assert c.get("/console/admin").status_code == 403 and c.get("/console/admin/audit").status_code == 403
