@@ -219,7 +219,8 @@ def test_a_wrong_key_shows_an_error_and_keeps_nothing(server: LiveServer, browse
 
 def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, member: str):
     """The loop in the browser: upload a dataset, start a job, watch it train (status, loss chart, checkpoints)
-    until it succeeds, then open the fine-tuned model in the playground and chat with it."""
+    until it succeeds, open the fine-tuned model in the playground and chat with it, evaluate it against its base,
+    and see its usage."""
     p = Page(browser, server.url)
     try:
         p.sign_in(member)
@@ -252,6 +253,23 @@ def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, 
         assert p.page.eval_on_selector("#model", "s => s.value") == model
         p.page.fill("#max_tokens", "4")
         assert _ask(p.page, "A wonderful, moving film.").strip()
+        # ... then evaluate the fine-tuned model against its base, and see its usage
+        p.page.click("nav >> text=Files")
+        p.page.select_option("#purpose", "evals")
+        rows = b"".join(line.encode() + b"\n" for line in data_lines("rotten_tomatoes", "test", 6))
+        p.page.set_input_files("#file", files=[{"name": "heldout.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": rows}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/files/file-*")
+        p.page.click("nav >> text=Evals")
+        p.page.select_option("#model", [model, "SmolLM2-135M-Instruct"])
+        p.page.fill("#labels", "positive, negative")
+        p.page.fill("#system", "Classify the sentiment of the movie review as positive or negative.")
+        p.page.click("#eval-form button[type=submit]")
+        p.page.wait_for_selector("#eval-status:text('succeeded')", timeout=300_000)
+        assert p.page.locator("section.results").count() == 2  # the fine-tuned model and its base
+        p.page.click("nav >> text=Usage")
+        assert model in p.page.inner_text("#usage-by-model")
         assert p.errors == []
     finally:
         p.close()

@@ -159,7 +159,22 @@ async def models_page(request: Request, me: SignedIn) -> HTMLResponse:
 @router.get("/usage")
 async def usage_page(request: Request, me: SignedIn) -> HTMLResponse:
     by_model = await _usage(request, me, ["model"])
-    return page(request, "usage.html", me, by_model=by_model, active="usage")
+    by_key = await _usage(request, me, ["key"])
+    return page(request, "usage.html", me, by_model=by_model, by_key=by_key, budgets=await _budgets(request, me),
+                active="usage")
+
+
+async def _budgets(request: Request, me: Visitor) -> list[dict]:
+    """The key's and its tenant's limits, with each budget's spend in its current period."""
+    cp, p = control(request), me.principal
+
+    def query() -> list[dict]:
+        with cp.db.session() as s:
+            return [{"scope": scope, "limits": limits, **cp.budgets.status(s, scope, scope_id, limits)}
+                    for scope, scope_id, limits in (("key", p.key_id, p.key_limits),
+                                                    ("tenant", p.tenant_id, p.tenant_limits))]
+
+    return await asyncio.to_thread(query)
 
 
 @router.get("/usage/by-model")

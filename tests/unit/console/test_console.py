@@ -432,3 +432,20 @@ def test_the_admin_pages_are_the_admins_only(env):
     sign_in(c, owner)
     assert 'href="/console/admin"' not in c.get("/console/playground").text
     assert c.get("/console/admin").status_code == 403 and c.get("/console/admin/audit").status_code == 403
+
+
+def test_usage_shows_spend_by_key_and_the_limits_and_budgets(env):
+    c, _, _, a = env
+    tenant = a.tenant("budgeted", budget_usd="5", rpm=600)
+    key_id, key = a.key(tenant, limits={"rpm": 60, "tpm": 10000})
+    csrf = sign_in(c, key)
+    _chat(c, csrf)
+    for _ in range(50):
+        page = c.get("/console/usage").text
+        if f"<code>{key_id}</code> (this key)" in page:
+            break
+        time.sleep(0.05)
+    limits = re.search(r'<table id="limits">(.*?)</table>', page, re.S).group(1)
+    assert "<td>60</td><td>10000</td>" in limits and "<td>600</td>" in limits
+    assert "5.00 USD monthly" in limits or "5 USD monthly" in limits
+    assert f"<code>{key_id}</code> (this key)" in page
