@@ -35,9 +35,11 @@ async def keys_page(request: Request, me: SignedIn) -> HTMLResponse:
 @router.post("/keys")
 async def create_key(request: Request, me: SignedIn, name: Annotated[str, Form()] = "",
                      role: Annotated[str, Form()] = "member", expires_in_days: Annotated[str, Form()] = "",
-                     csrf: Annotated[str, Form()] = "") -> Response:
+                     rpm: Annotated[str, Form()] = "", tpm: Annotated[str, Form()] = "",
+                     budget_usd: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, me.csrf, csrf)
-    form = {"name": name, "role": role, "expires_in_days": expires_in_days}
+    form = {"name": name, "role": role, "expires_in_days": expires_in_days, "rpm": rpm, "tpm": tpm,
+            "budget_usd": budget_usd}
     try:
         body = _key_body(form)
         created = await asyncio.to_thread(admin_api.create_key, me.principal.tenant_id, body, request,
@@ -53,6 +55,9 @@ def _key_body(form: dict[str, str]) -> KeyCreate:
     raw: dict = {"name": form["name"].strip(), "role": form["role"]}
     if form["expires_in_days"].strip():
         raw["expires_in_days"] = form["expires_in_days"].strip()
+    limits = {k: form[k].strip() for k in ("rpm", "tpm", "budget_usd") if form.get(k, "").strip()}
+    if limits:
+        raw["limits"] = limits
     try:
         return KeyCreate.model_validate(raw)
     except ValidationError as e:

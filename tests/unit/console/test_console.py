@@ -449,3 +449,34 @@ def test_usage_shows_spend_by_key_and_the_limits_and_budgets(env):
     assert "<td>60</td><td>10000</td>" in limits and "<td>600</td>" in limits
     assert "5.00 USD monthly" in limits or "5 USD monthly" in limits
     assert f"<code>{key_id}</code> (this key)" in page
+
+
+def test_a_key_made_with_limits_has_them(env):
+    c, _, _, a = env
+    owner = a.key(TENANT[0], role="owner")[1]
+    csrf = sign_in(c, owner)
+    r = c.post("/console/keys", data={"name": "limited", "role": "member", "rpm": "30", "tpm": "5000",
+                                      "budget_usd": "2.5", "csrf": csrf})
+    assert r.status_code == 200, r.text
+    row = [t for t in r.text.split("<tr>") if "<td>limited</td>" in t][0]
+    assert "30 rpm" in row and "5000 tpm" in row and "2.50 USD/monthly" in row
+    r = c.post("/console/keys", data={"name": "bad", "role": "member", "rpm": "-1", "csrf": csrf})
+    assert r.status_code == 400 and "rpm" in r.text and 'value="-1"' in r.text
+
+
+def test_the_models_page_shows_a_fine_tuned_models_lineage(env):
+    c, key, _, _ = env
+    from llmaas.control.clock import utcnow
+    from llmaas.control.db.models import TenantModel
+
+    mid = f"ft:fake-model:{TENANT[0]}:demo:ftjob-x"
+    with c.app.state.control.db.session() as s:
+        s.add(TenantModel(id=mid, tenant_id=TENANT[0], base_model="fake-model", job_id="ftjob-x", step=8,
+                          adapter_path="x", created_at=utcnow(),
+                          lineage={"base": "fake-model", "job": "ftjob-x", "step": 8, "evals": [
+                              {"eval_id": "eval-1", "name": "held-out <b>", "metrics": {"accuracy": 0.75}}]}))
+    sign_in(c, key)
+    page = c.get("/console/models").text
+    row = [t for t in page.split("<tr>") if mid in t][0]
+    assert 'href="/console/fine-tuning/ftjob-x"' in row and "<td>8</td>" in row and "final" in row
+    assert "held-out &lt;b&gt;</a>: accuracy 0.75" in row
