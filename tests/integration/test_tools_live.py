@@ -53,6 +53,24 @@ def test_required_named_and_single_calls_are_valid(client):
     valid(r.choices[0].message.tool_calls[0])
 
 
+def test_integer_bounds_hold_whatever_the_model_would_say(client):
+    """Asked for numbers outside the bounds, at a high temperature, the model still can only write in-range ones."""
+    reminder = {"type": "function", "function": {
+        "name": "set_reminder", "description": "Set a reminder",
+        "parameters": {"type": "object", "properties": {
+            "minutes": {"type": "integer", "minimum": 5, "maximum": 90},
+            "priority": {"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 3}},
+            "required": ["minutes", "priority"], "additionalProperties": False}}}
+    ask = [{"role": "user", "content": "Remind me in 1000 minutes, priority 99, or in 0 minutes, priority -50."}]
+    for seed in range(4):
+        r = client.chat.completions.create(model=MODEL, messages=ask, tools=[reminder], tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=96, temperature=1.5, seed=seed)
+        (call,) = r.choices[0].message.tool_calls
+        args = json.loads(call.function.arguments)
+        jsonschema.validate(args, reminder["function"]["parameters"])
+        assert 5 <= args["minutes"] <= 90 and -3 < args["priority"] < 3
+
+
 def test_auto_answers_in_text_or_with_a_valid_call(client):
     for seed in range(2):
         r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="auto",
