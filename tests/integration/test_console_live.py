@@ -167,8 +167,17 @@ def test_user_content_never_runs(server: LiveServer, browser, hostile: str):
         assert shown == XSS
         header = p.page.inner_text("header")
         assert XSS[0] in header and 'Acme "><img src=x onerror="window.__xss=1">' in header  # as text
+        assert p.page.evaluate("window.__xss") is None and p.page.locator("main img").count() == 0
+        p.page.goto(f"{server.url}/console/files")  # a file name
+        p.page.select_option("#purpose", "evals")
+        p.page.set_input_files("#file", files=[{"name": XSS[1], "mimeType": "application/jsonl",
+                                                "buffer": b'{"text": "' + XSS[0].encode() + b'", "label": "a"}\n'}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/files/file-*")
+        assert XSS[0] in p.page.inner_text(".preview")  # the file's content, as text
+        p.page.goto(f"{server.url}/console/files")
         assert p.page.evaluate("window.__xss") is None
-        assert p.page.locator("#messages img").count() == 0
+        assert p.page.locator("main img").count() == 0
         assert p.errors == []
     finally:
         p.close()

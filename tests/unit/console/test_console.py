@@ -480,3 +480,39 @@ def test_the_models_page_shows_a_fine_tuned_models_lineage(env):
     row = [t for t in page.split("<tr>") if mid in t][0]
     assert 'href="/console/fine-tuning/ftjob-x"' in row and "<td>8</td>" in row and "final" in row
     assert "held-out &lt;b&gt;</a>: accuracy 0.75" in row
+
+
+XSS = ['<script>window.__xss=1</script>', '"><img src=x onerror="window.__xss=1">']
+
+
+def test_hostile_file_names_metadata_and_eval_labels_are_escaped(env):
+    c, key, _, _ = env
+    csrf = sign_in(c, key)
+    for name in XSS:
+        r = c.post("/console/files", data={"purpose": "evals", "csrf": csrf},
+                   files={"file": (name, EVAL_ROWS, "application/jsonl")}, follow_redirects=False)
+        assert r.status_code == 303, r.text
+    file_id = r.headers["location"].rsplit("/", 1)[1]
+    r = c.post("/console/evals", data={"model": "fake-model", "file_id": file_id, "task": "classification",
+                                       "labels": f"{XSS[0]}, {XSS[1]}", "name": XSS[1], "csrf": csrf},
+               follow_redirects=False)
+    eval_id = r.headers["location"].rsplit("/", 1)[1]
+    from llmaas.control.db.models import Job
+    from llmaas.evals.metrics import classification_metrics
+
+    m = classification_metrics([XSS[0], XSS[1]], [XSS[1], XSS[1]], XSS)
+    with c.app.state.control.db.session() as s:
+        job = s.get(Job, eval_id)
+        job.status, job.result = "succeeded", {"models": {"fake-model": {"metrics": m, "summary": {}}}}
+    # metadata: a stored completion's, set through the API, shown nowhere raw either
+    chat = c.post("/console/playground/chat", headers={"X-CSRF-Token": csrf},
+                  json={"model": "fake-model", "messages": [{"role": "user", "content": XSS[0]}], "max_tokens": 2,
+                        "metadata": {"k": XSS[1]}})
+    assert chat.status_code == 200
+    for path in ("/console/files", f"/console/files/{file_id}", "/console/evals", f"/console/evals/{eval_id}",
+                 "/console/feedback", "/console/fine-tuning", "/console/playground"):
+        page = c.get(path).text
+        for raw in XSS:
+            assert raw not in page, (path, raw)
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in c.get(f"/console/evals/{eval_id}").text
+    assert "&gt;&lt;img src=x onerror=" in c.get("/console/files").text  # (the client sends quotes as %22)
