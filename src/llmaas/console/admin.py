@@ -18,7 +18,7 @@ from llmaas.console.routes import SignedIn, page
 from llmaas.console.session import Visitor, check_csrf, context
 from llmaas.console.work import form_errors
 from llmaas.core.errors import InvalidRequestError, LlmaasError
-from llmaas.protocol.admin import PriceSet, TenantCreate, TenantUpdate
+from llmaas.protocol.admin import ModelRegister, PriceSet, TenantCreate, TenantUpdate
 
 router = APIRouter(prefix="/console/admin", include_in_schema=False)
 
@@ -76,6 +76,21 @@ async def set_disabled(tenant_id: str, request: Request, me: SignedIn, disabled:
     body = TenantUpdate(disabled=disabled == "true")
     return await _act(request, me, csrf, lambda c: asyncio.to_thread(admin_api.update_tenant, tenant_id, body,
                                                                      request, c))
+
+
+@router.post("/models")
+async def register(request: Request, me: SignedIn, source: Annotated[str, Form()] = "",
+                   kind: Annotated[str, Form()] = "package", model_id: Annotated[str, Form()] = "",
+                   description: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "") -> Response:
+    """Register a bundled package or a GGUF file on the server's disk, and start loading it."""
+    form = {"source": source, "kind": kind, "model_id": model_id, "description": description}
+    raw: dict = {("package" if kind == "package" else "gguf_path"): source.strip(), "load": True}
+    if model_id.strip():
+        raw["id"] = model_id.strip()
+    if description.strip():
+        raw["description"] = description.strip()
+    return await _act(request, me, csrf, lambda c: models_api.register_model(_valid(ModelRegister, raw), request, c),
+                      form)
 
 
 @router.post("/models/{model:path}/load")

@@ -516,3 +516,13 @@ def test_hostile_file_names_metadata_and_eval_labels_are_escaped(env):
             assert raw not in page, (path, raw)
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in c.get(f"/console/evals/{eval_id}").text
     assert "&gt;&lt;img src=x onerror=" in c.get("/console/files").text  # (the client sends quotes as %22)
+
+
+def test_registering_a_model_that_is_not_there_is_refused_on_the_page(env):
+    c, _, _, _ = env
+    csrf = sign_in(c, ADMIN_KEY)
+    r = c.post("/console/admin/models", data={"kind": "gguf_path", "source": "/nowhere/model.gguf",
+                                             "description": "keep me", "csrf": csrf})
+    assert r.status_code in (400, 404) and "gguf_path" in r.text and 'value="keep me"' in r.text
+    r = c.post("/console/admin/models", data={"kind": "package", "source": "no-such-package", "csrf": csrf})
+    assert r.status_code in (400, 404) and "no-such-package" in r.text
