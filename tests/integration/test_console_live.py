@@ -134,7 +134,10 @@ def test_sign_in_chat_and_see_usage_move(server: LiveServer, browser, member: st
             p.page.wait_for_timeout(300)
             p.page.reload()
         assert cells[0] == "SmolLM2-135M-Instruct" and int(cells[1]) == 2, cells
-        until(p.page, "typeof Chart !== 'undefined' && !!Chart.getChart(document.getElementById('usage-chart'))")
+        until(p.page, "typeof Chart !== 'undefined' && ['usage-chart', 'usage-models', 'usage-keys']"
+                      ".every(id => !!Chart.getChart(document.getElementById(id)))")
+        per_model = p.page.evaluate("Chart.getChart(document.getElementById('usage-models')).data.labels")
+        assert per_model == ["SmolLM2-135M-Instruct"]
         p.shot("usage")
         p.page.click("nav >> text=Feedback")
         rows = p.page.locator("#completions tr[data-id]")

@@ -194,7 +194,8 @@ async def usage_json(request: Request, me: SignedIn, days: int = 30) -> dict:
             "cost_usd": "0"}
     report["data"] = [seen.get(d, {"day": d, **zero}) for d in
                       ((first + timedelta(days=i)).isoformat() for i in range(days))]  # days without usage too
-    return {"days": report}
+    return {"days": report, "models": await _usage(request, me, ["model"], start=first),
+            "keys": await _usage(request, me, ["key"], start=first)}
 
 
 async def _usage(request: Request, me: Visitor, group_by: list[str], start: date | None = None) -> dict:
