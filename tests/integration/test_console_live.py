@@ -75,7 +75,14 @@ class Page:
     def shot(self, name: str) -> None:
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+            # The whole page in one viewport: Chromium's stitched full-page capture duplicated parts of pages with
+            # charts.
+            size = self.page.viewport_size
+            height = self.page.evaluate("document.documentElement.scrollHeight")
+            self.page.set_viewport_size({"width": size["width"], "height": height})
+            self.page.wait_for_timeout(300)  # charts redrawn for the new size
+            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+            self.page.set_viewport_size(size)
 
     def close(self) -> None:
         self.ctx.close()

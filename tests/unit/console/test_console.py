@@ -54,9 +54,12 @@ def test_sign_in_sets_a_session_cookie_and_never_writes_the_key_into_a_page(env)
     csrf = sign_in(c, key)
     cookie = next(h for h in c.get("/console/login").headers.get_list("set-cookie") if "llmaas_login_csrf" in h)
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie
-    for path in ("/console/playground", "/console/models", "/console/usage"):
+    for path in ("/console/playground", "/console/models", "/console/files", "/console/fine-tuning", "/console/evals",
+                 "/console/feedback", "/console/batches", "/console/usage"):
         r = c.get(path)
         assert r.status_code == 200 and key not in r.text and key[:20] not in r.text
+        head, _, body = r.text.partition("<body>")
+        assert "<section" not in head and "<table" not in head and body.count("<main") == 1, path  # well formed
         assert "script-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["cache-control"] == "no-store"
     assert csrf and len(csrf) >= 24
