@@ -243,6 +243,8 @@ def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, 
     p = Page(browser, server.url)
     try:
         p.sign_in(member)
+        p.page.fill("#max_tokens", "8")
+        assert _ask(p.page, "Say hello.").strip()  # chat in the playground first
         p.page.click("nav >> text=Files")
         p.page.set_input_files("#file", files=[{"name": "sentiment.jsonl", "mimeType": "application/jsonl",
                                                 "buffer": sentiment_rows(16)}])
@@ -383,5 +385,30 @@ def test_the_admin_sees_tenants_models_deployments_and_the_audit_log(server: Liv
         p.page.click("form[action='/console/admin/audit'] button")
         assert "tenant.create" in p.page.inner_text("#audit")
         assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_roles_a_reader_has_no_forms_a_member_no_admin_and_other_tenants_ids_are_missing(server: LiveServer, browser,
+                                                                                       member: str):
+    tenant = server.admin("POST", "/tenants", json={"name": "Readers"})["id"]
+    reader = server.admin("POST", f"/tenants/{tenant}/keys", json={"role": "reader", "name": "rita"})["key"]
+    p = Page(browser, server.url)
+    try:
+        p.sign_in(member)  # a member of Acme: a file of its own, then no admin page
+        p.page.goto(f"{server.url}/console/files")
+        p.page.set_input_files("#file", files=[{"name": "mine.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": sentiment_rows(2)}])
+        p.page.click("form[enctype] button[type=submit]")
+        p.page.wait_for_url("**/console/files/file-*")
+        file_url = p.page.url
+        assert "Admin" not in p.page.inner_text("nav") and "Keys" not in p.page.inner_text("nav")
+        assert p.page.goto(f"{server.url}/console/admin").status == 403
+        p.ctx.clear_cookies()
+        p.sign_in(reader)  # a reader of another tenant
+        for path in ("files", "fine-tuning", "evals", "batches"):
+            p.page.goto(f"{server.url}/console/{path}")
+            assert p.page.locator("main form[method=post]").count() == 0, path  # read-only: no forms
+        assert p.page.goto(file_url).status == 404  # Acme's file is not there for another tenant
     finally:
         p.close()
