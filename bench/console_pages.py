@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +27,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from finetune_quality import ADMIN_KEY, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ADMIN = "sk-llmaas-bench-console-admin-key-00000000000"
 PAGES = ["playground", "models", "files", "fine-tuning", "evals", "feedback", "batches", "usage", "usage.json",
          "usage/by-model", "keys"]
 
@@ -84,23 +82,10 @@ def main() -> None:
     ap.add_argument("--database-url", default=None, help="default: the server's own SQLite file")
     a = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="llmaas-bench-console-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LLMAAS_ADMIN_KEY": ADMIN}
-    if a.database_url:
-        env["LLMAAS_DATABASE_URL"] = a.database_url
-    log = open(data / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([sys.executable, "-m", "llmaas.cli", "serve", "--backend", "fake", "--workers", "0",
-                             "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {"PYTHONPATH": str(ROOT / "src"), **({"LLMAAS_DATABASE_URL": a.database_url} if a.database_url else {})}
+    proc, url = start_server(data, free_port(), None, env, ("--backend", "fake", "--workers", "0"), cwd=ROOT)
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
-        admin = {"Authorization": f"Bearer {ADMIN}"}
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         tenant = httpx.post(f"{url}/v1/admin/tenants", headers=admin, json={"name": "history"}).json()["id"]
         key = httpx.post(f"{url}/v1/admin/tenants/{tenant}/keys", headers=admin,
                          json={"role": "owner", "name": "owner"}).json()

@@ -72,6 +72,13 @@ class Page:
         self.page.click("button[type=submit]")
         self.page.wait_for_url("**/console/playground")
 
+    def upload(self, name: str, data: bytes, purpose: str | None = None) -> None:
+        """Fills the page's upload form (purpose, file) and submits it."""
+        if purpose is not None:
+            self.page.select_option("#purpose", purpose)
+        self.page.set_input_files("#file", files=[{"name": name, "mimeType": "application/jsonl", "buffer": data}])
+        self.page.click("form[enctype] button[type=submit]")
+
     def shot(self, name: str) -> None:
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
@@ -179,10 +186,7 @@ def test_user_content_never_runs(server: LiveServer, browser, hostile: str):
         assert XSS[0] in header and 'Acme "><img src=x onerror="window.__xss=1">' in header  # as text
         assert p.page.evaluate("window.__xss") is None and p.page.locator("main img").count() == 0
         p.page.goto(f"{server.url}/console/files")  # a file name
-        p.page.select_option("#purpose", "evals")
-        p.page.set_input_files("#file", files=[{"name": XSS[1], "mimeType": "application/jsonl",
-                                                "buffer": b'{"text": "' + XSS[0].encode() + b'", "label": "a"}\n'}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload(XSS[1], b'{"text": "' + XSS[0].encode() + b'", "label": "a"}\n', "evals")
         p.page.wait_for_url("**/console/files/file-*")
         assert XSS[0] in p.page.inner_text(".preview")  # the file's content, as text
         p.page.goto(f"{server.url}/console/files")
@@ -246,9 +250,7 @@ def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, 
         p.page.fill("#max_tokens", "8")
         assert _ask(p.page, "Say hello.").strip()  # chat in the playground first
         p.page.click("nav >> text=Files")
-        p.page.set_input_files("#file", files=[{"name": "sentiment.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": sentiment_rows(16)}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("sentiment.jsonl", sentiment_rows(16))
         p.page.wait_for_url("**/console/files/file-*")
         assert "sentiment.jsonl" in p.page.inner_text("h1") and "positive" in p.page.inner_text(".preview")
         p.page.click("text=Fine-tune on it")
@@ -276,11 +278,8 @@ def test_upload_fine_tune_and_chat_with_the_result(server: LiveServer, browser, 
         assert _ask(p.page, "A wonderful, moving film.").strip()
         # ... then evaluate the fine-tuned model against its base, and see its usage
         p.page.click("nav >> text=Files")
-        p.page.select_option("#purpose", "evals")
         rows = b"".join(line.encode() + b"\n" for line in data_lines("rotten_tomatoes", "test", 6))
-        p.page.set_input_files("#file", files=[{"name": "heldout.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": rows}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("heldout.jsonl", rows, "evals")
         p.page.wait_for_url("**/console/files/file-*")
         p.page.click("nav >> text=Evals")
         p.page.select_option("#model", [model, "SmolLM2-135M-Instruct"])
@@ -301,10 +300,7 @@ def test_a_bad_upload_lists_its_line_errors(server: LiveServer, browser, member:
     try:
         p.sign_in(member)
         p.page.goto(f"{server.url}/console/files")
-        p.page.select_option("#purpose", "fine-tune")
-        p.page.set_input_files("#file", files=[{"name": "bad.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": b'{"messages": []}\nnot json\n'}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("bad.jsonl", b'{"messages": []}\nnot json\n', "fine-tune")
         items = p.page.locator("#upload-errors li").all_inner_texts()
         assert len(items) >= 3 and any("line 2" in i for i in items), items
         assert p.page.eval_on_selector("#purpose", "s => s.value") == "fine-tune"
@@ -322,9 +318,7 @@ def test_run_a_batch_and_download_its_results(server: LiveServer, browser, membe
                                      "body": {"model": "SmolLM2-135M-Instruct", "max_tokens": 4,
                                               "messages": [{"role": "user", "content": f"Count to {i}."}]}}).encode()
                          + b"\n" for i in range(3))
-        p.page.set_input_files("#file", files=[{"name": "batch.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": lines}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("batch.jsonl", lines)
         p.page.wait_for_url("**/console/batches/batch_*")
         p.page.wait_for_selector("#batch-status:text('completed')", timeout=120_000)  # htmx refreshes it
         assert "3 completed, 0 failed, 3 lines" in p.page.inner_text("#batch-counts")
@@ -344,10 +338,7 @@ def test_run_an_eval_and_read_its_tables(server: LiveServer, browser, member: st
         p.sign_in(member)
         p.page.goto(f"{server.url}/console/files")
         rows = b"".join(line.encode() + b"\n" for line in data_lines("rotten_tomatoes", "test", 8))
-        p.page.select_option("#purpose", "evals")
-        p.page.set_input_files("#file", files=[{"name": "reviews.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": rows}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("reviews.jsonl", rows, "evals")
         p.page.wait_for_url("**/console/files/file-*")
         p.page.click("nav >> text=Evals")
         p.page.select_option("#model", "SmolLM2-135M-Instruct")
@@ -397,9 +388,7 @@ def test_roles_a_reader_has_no_forms_a_member_no_admin_and_other_tenants_ids_are
     try:
         p.sign_in(member)  # a member of Acme: a file of its own, then no admin page
         p.page.goto(f"{server.url}/console/files")
-        p.page.set_input_files("#file", files=[{"name": "mine.jsonl", "mimeType": "application/jsonl",
-                                                "buffer": sentiment_rows(2)}])
-        p.page.click("form[enctype] button[type=submit]")
+        p.upload("mine.jsonl", sentiment_rows(2))
         p.page.wait_for_url("**/console/files/file-*")
         file_url = p.page.url
         assert "Admin" not in p.page.inner_text("nav") and "Keys" not in p.page.inner_text("nav")

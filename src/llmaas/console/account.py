@@ -11,10 +11,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from llmaas.api.routers import admin as admin_api
+from llmaas.console.forms import form_errors, validated
 from llmaas.console.routes import SignedIn, page
 from llmaas.console.session import Visitor, check_csrf, context
-from llmaas.console.work import form_errors
-from llmaas.core.errors import InvalidRequestError, LlmaasError
+from llmaas.core.errors import LlmaasError
 from llmaas.protocol.admin import KeyCreate
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -22,9 +22,8 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 async def _keys_page(request: Request, me: Visitor, status_code: int = 200, **ctx) -> HTMLResponse:
     keys = await asyncio.to_thread(admin_api.list_keys, me.principal.tenant_id, request, context(request, me))
-    response = page(request, "keys.html", me, keys=keys["data"], active="keys", form=ctx.pop("form", {}), **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "keys.html", me, status_code, keys=keys["data"], active="keys", form=ctx.pop("form", {}),
+                **ctx)
 
 
 @router.get("/keys")
@@ -50,20 +49,13 @@ async def create_key(request: Request, me: SignedIn, name: Annotated[str, Form()
 
 
 def _key_body(form: dict[str, str]) -> KeyCreate:
-    from pydantic import ValidationError
-
     raw: dict = {"name": form["name"].strip(), "role": form["role"]}
     if form["expires_in_days"].strip():
         raw["expires_in_days"] = form["expires_in_days"].strip()
     limits = {k: form[k].strip() for k in ("rpm", "tpm", "budget_usd") if form.get(k, "").strip()}
     if limits:
         raw["limits"] = limits
-    try:
-        return KeyCreate.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequestError(f"Invalid value for '{field}': {err['msg']}", param=field) from None
+    return validated(KeyCreate, raw)
 
 
 @router.post("/keys/{key_id}/rotate")

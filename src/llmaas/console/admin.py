@@ -9,15 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
 
 from llmaas.api.routers import admin as admin_api
 from llmaas.api.routers import admin_deployments as deployments_api
 from llmaas.api.routers import admin_models as models_api
+from llmaas.console.forms import form_errors, validated
 from llmaas.console.routes import SignedIn, page
 from llmaas.console.session import Visitor, check_csrf, context
-from llmaas.console.work import form_errors
-from llmaas.core.errors import InvalidRequestError, LlmaasError
+from llmaas.core.errors import LlmaasError
 from llmaas.protocol.admin import ModelRegister, PriceSet, TenantCreate, TenantUpdate
 
 router = APIRouter(prefix="/console/admin", include_in_schema=False)
@@ -29,24 +28,13 @@ async def _admin_page(request: Request, me: Visitor, status_code: int = 200, **c
     tenants = await asyncio.to_thread(admin_api.list_tenants, request, c)
     models = await asyncio.to_thread(models_api.list_models, request, c)
     deployments = await deployments_api.list_deployments(request, c)
-    response = page(request, "admin.html", me, tenants=tenants["data"], models=models["data"],
-                    deployments=deployments, active="admin", form=ctx.pop("form", {}), **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "admin.html", me, status_code, tenants=tenants["data"], models=models["data"],
+                deployments=deployments, active="admin", form=ctx.pop("form", {}), **ctx)
 
 
 @router.get("")
 async def admin_page(request: Request, me: SignedIn) -> HTMLResponse:
     return await _admin_page(request, me)
-
-
-def _valid(model, raw: dict):
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequestError(f"Invalid value for '{field}': {err['msg']}", param=field) from None
 
 
 async def _act(request: Request, me: Visitor, csrf: str, work, form: dict | None = None) -> Response:
@@ -65,7 +53,7 @@ async def _act(request: Request, me: Visitor, csrf: str, work, form: dict | None
 async def create_tenant(request: Request, me: SignedIn, name: Annotated[str, Form()] = "",
                         csrf: Annotated[str, Form()] = "") -> Response:
     def work(c):
-        return admin_api.create_tenant(_valid(TenantCreate, {"name": name.strip()}), request, c)
+        return admin_api.create_tenant(validated(TenantCreate, {"name": name.strip()}), request, c)
 
     return await _act(request, me, csrf, lambda c: asyncio.to_thread(work, c), {"tenant_name": name})
 
@@ -89,7 +77,7 @@ async def register(request: Request, me: SignedIn, source: Annotated[str, Form()
         raw["id"] = model_id.strip()
     if description.strip():
         raw["description"] = description.strip()
-    return await _act(request, me, csrf, lambda c: models_api.register_model(_valid(ModelRegister, raw), request, c),
+    return await _act(request, me, csrf, lambda c: models_api.register_model(validated(ModelRegister, raw), request, c),
                       form)
 
 
@@ -110,7 +98,7 @@ async def price(model: str, request: Request, me: SignedIn, input_usd_per_mtok: 
 
     def work(c):
         raw = {k: v.strip() for k, v in form.items() if k != "price_model" and v.strip()}
-        return models_api.set_price(model, _valid(PriceSet, raw), request, c)
+        return models_api.set_price(model, validated(PriceSet, raw), request, c)
 
     return await _act(request, me, csrf, lambda c: asyncio.to_thread(work, c), form)
 

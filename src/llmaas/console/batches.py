@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from llmaas.api.routers import batches as batches_api
 from llmaas.api.routers import files as files_api
+from llmaas.console.forms import can_write, form_errors, store_upload
 from llmaas.console.routes import SignedIn, page
 from llmaas.console.session import Visitor, check_csrf, context
-from llmaas.console.work import CHUNK, can_write, form_errors
 from llmaas.core.errors import LlmaasError
 from llmaas.protocol.batches import BatchCreate
 
@@ -23,10 +23,8 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 async def _batches_page(request: Request, me: Visitor, status_code: int = 200, **ctx) -> HTMLResponse:
     listed = await asyncio.to_thread(batches_api.list_batches, request, context(request, me), None, 50)
-    response = page(request, "batches.html", me, batches=listed["data"], endpoints=ENDPOINTS,
-                    writable=can_write(me), active="batches", **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "batches.html", me, status_code, batches=listed["data"], endpoints=ENDPOINTS,
+                writable=can_write(me), active="batches", **ctx)
 
 
 @router.get("/batches")
@@ -39,18 +37,10 @@ async def start_batch(request: Request, me: SignedIn, file: Annotated[UploadFile
                       endpoint: Annotated[str, Form()] = ENDPOINTS[0], csrf: Annotated[str, Form()] = "") -> Response:
     """Upload the file (purpose batch) and create the batch on it."""
     check_csrf(request, me.csrf, csrf)
-    ctx = context(request, me)
     try:
-        up = files_api._files(request).upload(ctx, "batch", file.filename or "batch.jsonl")
-        try:
-            while chunk := await file.read(CHUNK):
-                up.write(chunk)
-            stored = await asyncio.to_thread(up.finish, "batch")
-        except BaseException:
-            up.abort()
-            raise
+        stored = await store_upload(request, me, file, "batch")
         body = BatchCreate(input_file_id=stored.id, endpoint=endpoint, completion_window="24h")
-        batch = await asyncio.to_thread(batches_api.create_batch, body, request, ctx)
+        batch = await asyncio.to_thread(batches_api.create_batch, body, request, context(request, me))
     except LlmaasError as e:
         return await _batches_page(request, me, e.status_code, errors=form_errors(e), endpoint=endpoint)
     return RedirectResponse(f"/console/batches/{batch['id']}", status_code=303)

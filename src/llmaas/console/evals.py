@@ -8,14 +8,13 @@ import asyncio
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
 
 from llmaas.api.routers import evals as evals_api
 from llmaas.api.routers import files as files_api
+from llmaas.console.forms import can_write, form_errors, validated
 from llmaas.console.routes import SignedIn, models_of, page
 from llmaas.console.session import Visitor, check_csrf, context
-from llmaas.console.work import can_write, form_errors
-from llmaas.core.errors import InvalidRequestError, LlmaasError
+from llmaas.core.errors import LlmaasError
 from llmaas.protocol.evals import EvalCreate
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -27,10 +26,8 @@ async def _evals_page(request: Request, me: Visitor, status_code: int = 200, **c
     runs = await asyncio.to_thread(evals_api.list_evals, request, c, None, 50)
     files = await asyncio.to_thread(files_api.list_files, request, c, "evals", None, 100, "desc")
     models = [m["id"] for m in await models_of(request, me) if "completions" in m.get("capabilities", [])]
-    response = page(request, "evals.html", me, runs=runs["data"], files=files["data"], models=models, tasks=TASKS,
-                    writable=can_write(me), active="evals", form=ctx.pop("form", {}), **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "evals.html", me, status_code, runs=runs["data"], files=files["data"], models=models,
+                tasks=TASKS, writable=can_write(me), active="evals", form=ctx.pop("form", {}), **ctx)
 
 
 @router.get("/evals")
@@ -68,12 +65,7 @@ def eval_body(form: dict) -> EvalCreate:
     for name in ("name", "max_rows"):
         if str(form.get(name, "")).strip():
             raw[name] = form[name].strip()
-    try:
-        body = EvalCreate.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if p not in ("task", "classification", "generation", "loss"))
-        raise InvalidRequestError(f"Invalid value for '{field}': {err['msg']}", param=field) from None
+    body = validated(EvalCreate, raw, hidden=("task", "classification", "generation", "loss"))
     body.models()  # 1 to 16 distinct models, or a 400 naming `model`
     return body
 

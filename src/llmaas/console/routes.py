@@ -11,29 +11,29 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
 
 from llmaas.api.deps import request_id
 from llmaas.api.responses import served_models, sse_events
 from llmaas.api.routers.models import list_models
+from llmaas.console.forms import json_object
 from llmaas.console.session import (
     COOKIE,
     LOGIN_CSRF_COOKIE,
     Visitor,
     check_csrf,
+    context,
     control,
     new_login_token,
     set_cookie,
     visitor,
 )
-from llmaas.control.auth.principal import Context, Role
+from llmaas.control.auth.principal import Role
 from llmaas.control.billing import usage
 from llmaas.control.clock import utcnow
 from llmaas.control.plane import ControlPlane
-from llmaas.core.errors import InvalidRequestError, LlmaasError
+from llmaas.core.errors import LlmaasError
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.serving.chat import ServingChat
 
@@ -74,10 +74,10 @@ def render(request: Request, name: str, status_code: int = 200, **ctx) -> HTMLRe
     return templates.TemplateResponse(request, name, ctx, status_code=status_code)
 
 
-def page(request: Request, name: str, me: Visitor, **ctx) -> HTMLResponse:
+def page(request: Request, name: str, me: Visitor, status_code: int = 200, **ctx) -> HTMLResponse:
     nav = [(path, label) for path, label, roles in NAV
            if roles is None or me.principal.is_admin or me.principal.role in roles]
-    return render(request, name, me=me, principal=me.principal, csrf=me.csrf, nav=nav, **ctx)
+    return render(request, name, status_code, me=me, principal=me.principal, csrf=me.csrf, nav=nav, **ctx)
 
 
 # --- signing in and out ---
@@ -194,13 +194,12 @@ async def usage_json(request: Request, me: SignedIn, days: int = 30) -> dict:
             "cost_usd": "0"}
     report["data"] = [seen.get(d, {"day": d, **zero}) for d in
                       ((first + timedelta(days=i)).isoformat() for i in range(days))]  # days without usage too
-    return {"days": report, "models": await _usage(request, me, ["model"], start=first),
-            "keys": await _usage(request, me, ["key"], start=first)}
+    return {"days": report}
 
 
 async def _usage(request: Request, me: Visitor, group_by: list[str], start: date | None = None) -> dict:
     cp = control(request)
-    ctx = Context(me.principal, request.client.host if request.client else None, request_id(request))
+    ctx = context(request, me)
 
     def query() -> dict:
         with cp.db.session() as s:
@@ -214,19 +213,9 @@ async def _usage(request: Request, me: Visitor, group_by: list[str], start: date
 @router.post("/playground/chat")
 async def playground_chat(request: Request, me: SignedIn) -> Response:
     """One playground answer, streamed as /v1/chat/completions streams it (OpenAI chunks over SSE)."""
-    check_csrf(request, me.csrf, request.headers.get("x-csrf-token"))
-    try:
-        raw = await request.json()
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    try:
-        # Stored (store: true), so that an answer can be rated and reviewed under Feedback.
-        body = ChatCompletionRequest.model_validate({**raw, "stream": True, "stream_options": {"include_usage": True},
-                                                     "store": True})
-    except ValidationError as e:  # answered as the API answers it: a 400 naming the field
-        raise RequestValidationError(e.errors()) from None
+    # Stored (store: true), so that an answer can be rated and reviewed under Feedback.
+    body = await json_object(request, me, ChatCompletionRequest, stream=True, stream_options={"include_usage": True},
+                             store=True)
     served = await ServingChat(served_models(request)).create(body, me.principal, request_id(request))
     assert served.stream is not None
     return StreamingResponse(sse_events(served.stream), media_type="text/event-stream", headers=served.headers)

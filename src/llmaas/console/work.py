@@ -13,36 +13,22 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from llmaas.api.responses import served_models
 from llmaas.api.routers import files as files_api
 from llmaas.api.routers import fine_tuning as ft_api
+from llmaas.console.forms import can_write, form_errors, store_upload, validated
 from llmaas.console.routes import SignedIn, page
 from llmaas.console.session import Visitor, check_csrf, context, control
-from llmaas.control.auth.principal import SPENDERS
-from llmaas.core.errors import InvalidRequestError, LlmaasError
+from llmaas.core.errors import LlmaasError
 from llmaas.protocol.fine_tuning import FineTuneCreate
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-CHUNK = 1 << 20
 _PREVIEW_LINES = 20
-
-
-def can_write(me: Visitor) -> bool:
-    return me.principal.is_admin or me.principal.role in SPENDERS
-
-
-def form_errors(e: LlmaasError) -> list[str]:
-    """An API error as the lines a page lists (a file's per-line problems one per line)."""
-    head, sep, rest = e.message.partition("problem(s): ")
-    if sep and rest:
-        return [head + "problem(s):", *rest.split("; ")]
-    return [e.message]
 
 
 # --- files ---
 
 async def _files_page(request: Request, me: Visitor, status_code: int = 200, **ctx) -> HTMLResponse:
     listed = await asyncio.to_thread(files_api.list_files, request, context(request, me), None, None, 100, "desc")
-    response = page(request, "files.html", me, files=listed["data"], writable=can_write(me), active="files", **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "files.html", me, status_code, files=listed["data"], writable=can_write(me), active="files",
+                **ctx)
 
 
 @router.get("/files")
@@ -54,16 +40,8 @@ async def files_page(request: Request, me: SignedIn) -> HTMLResponse:
 async def upload(request: Request, me: SignedIn, file: Annotated[UploadFile, File()],
                  purpose: Annotated[str, Form()] = "fine-tune", csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, me.csrf, csrf)
-    service = files_api._files(request)
     try:
-        up = service.upload(context(request, me), purpose, file.filename or "upload.jsonl")
-        try:
-            while chunk := await file.read(CHUNK):
-                up.write(chunk)
-            stored = await asyncio.to_thread(up.finish, purpose)
-        except BaseException:
-            up.abort()
-            raise
+        stored = await store_upload(request, me, file, purpose)
     except LlmaasError as e:  # the form keeps the chosen purpose; the file must be chosen again (browsers' rule)
         return await _files_page(request, me, e.status_code, errors=form_errors(e), purpose=purpose,
                                  filename=file.filename)
@@ -106,10 +84,8 @@ async def _jobs_page(request: Request, me: Visitor, status_code: int = 200, **ct
     jobs = await asyncio.to_thread(ft_api.list_jobs, request, c, None, 50, None)
     files = await asyncio.to_thread(files_api.list_files, request, c, "fine-tune", None, 100, "desc")
     bases = served_models(request).offering(me.principal, "fine_tuning")
-    response = page(request, "jobs.html", me, jobs=jobs["data"], files=files["data"], bases=bases,
-                    writable=can_write(me), active="fine-tuning", form=ctx.pop("form", {}), **ctx)
-    response.status_code = status_code
-    return response
+    return page(request, "jobs.html", me, status_code, jobs=jobs["data"], files=files["data"], bases=bases,
+                writable=can_write(me), active="fine-tuning", form=ctx.pop("form", {}), **ctx)
 
 
 @router.post("/fine-tuning")
@@ -125,8 +101,6 @@ async def create_job(request: Request, me: SignedIn) -> Response:
 
 
 def _job_body(form: dict[str, str]) -> FineTuneCreate:
-    from pydantic import ValidationError
-
     hp: dict = {}
     for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
         if form.get(name, "").strip():
@@ -137,12 +111,7 @@ def _job_body(form: dict[str, str]) -> FineTuneCreate:
         raw["suffix"] = form["suffix"].strip()
     if form.get("rank", "").strip():
         raw["lora"] = {"rank": form["rank"].strip()}
-    try:
-        return FineTuneCreate.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"] if p not in ("method", "supervised", "hyperparameters"))
-        raise InvalidRequestError(f"Invalid value for '{field}': {err['msg']}", param=field) from None
+    return validated(FineTuneCreate, raw, hidden=("method", "supervised", "hyperparameters"))
 
 
 @router.get("/fine-tuning/{job_id}")

@@ -9,7 +9,15 @@ import re
 
 import pytest
 
-from llmaas.engine.backends.gbnf import INT_LIMIT, int_range, integer_bounds, json_gbnf, regex
+from llmaas.engine.backends.gbnf import INT_LIMIT, int_range, integer_bounds, json_gbnf
+
+
+def regex(alternatives: list[list[str]]) -> str:
+    """The language of `int_range`'s alternatives as a Python regex (digit classes "a-b", literals otherwise)."""
+    def atom(a: str) -> str:
+        return f"[{a}]" if len(a) == 3 and a[1] == "-" else re.escape(a)
+
+    return "(?:" + "|".join("".join(atom(a) for a in seq) for seq in alternatives) + ")"
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(0, 0), (7, 7), (0, 9), (1, 9), (10, 99), (3, 1000), (13, 2049),

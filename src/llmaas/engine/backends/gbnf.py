@@ -5,6 +5,7 @@ only; engine.grammar is the entry point."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -20,6 +21,16 @@ def json_gbnf(schema: dict | None) -> str:
 
     if schema is None:
         return llama_grammar.JSON_GBNF
+    converter = _converter_class()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "stdin")
+    converter.visit(resolved, "")
+    return converter.format_grammar()
+
+
+@functools.cache
+def _converter_class() -> type:
+    """llama-cpp-python's converter, with bounded integers spelled out (built once, on first use)."""
+    from llama_cpp import llama_grammar
 
     class Converter(llama_grammar.SchemaConverter):
         def visit(self, schema, name):
@@ -29,10 +40,7 @@ def json_gbnf(schema: dict | None) -> str:
                 return self._add_rule(rule, f"{gbnf(int_range(lo, hi))} space")
             return super().visit(schema, name)
 
-    converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "stdin")
-    converter.visit(resolved, "")
-    return converter.format_grammar()
+    return Converter
 
 
 def integer_bounds(schema: dict) -> tuple[int, int]:
@@ -98,16 +106,8 @@ def _same_length(a: str, b: str) -> list[Seq]:
 
 
 def _atom_gbnf(atom: str) -> str:
-    return f"[{atom}]" if len(atom) == 3 and atom[1] == "-" and atom != "-" else f'"{atom}"'
+    return f"[{atom}]" if len(atom) == 3 and atom[1] == "-" else f'"{atom}"'  # a class "a-b", else a literal
 
 
 def gbnf(alternatives: list[Seq]) -> str:
     return "(" + " | ".join(" ".join(_atom_gbnf(a) for a in seq) for seq in alternatives) + ")"
-
-
-def regex(alternatives: list[Seq]) -> str:
-    """The same language as a Python regex (for tests)."""
-    def atom(a: str) -> str:
-        return f"[{a}]" if len(a) == 3 and a[1] == "-" and a != "-" else a.replace("-", r"\-")
-
-    return "(?:" + "|".join("".join(atom(a) for a in seq) for seq in alternatives) + ")"
