@@ -459,6 +459,9 @@ def test_loading_a_catalog_model_deploys_it_and_unloading_removes_it(ray_platfor
         assert time.monotonic() < deadline, d.text
         time.sleep(1)
     assert d.json()["application"] == "llmaas-model-smol-two" and d.json()["config"]["max_seqs"] == 2
+    # The answer above came from one ingress replica; each one picks up a new deployment on its own refresh (every
+    # second), so the other may not route to it yet (a 404). Two refresh periods later both do.
+    time.sleep(2.5)
     for _ in range(4):
         r = p.client().chat.completions.create(model="smol-two", messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=4)
