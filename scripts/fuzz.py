@@ -4,7 +4,7 @@
     python scripts/fuzz.py --backend fake                      # ~5 min: hostile inputs, then schemathesis
     python scripts/fuzz.py --backend llamacpp --time-budget 360 --report fuzz-llamacpp.json
 
-Two phases, both checked with the same rules:
+Two phases, both checked with the same rules (tests/integration/test_fuzz_live.py runs a short one in the suite):
 
 1. hostile: every JSON body field of the main routes (found in a valid baseline body per route, plus the
    top-level fields of the route's OpenAPI schema), every query parameter of the GET routes and every path
@@ -12,14 +12,17 @@ Two phases, both checked with the same rules:
    strings, 2**63 and 10**30 and NaN and 1e400 numbers, 10,000-item and 1000-deep lists and objects, null,
    wrong types). Bodies are sent as raw bytes, so invalid escapes and NaN/Infinity tokens reach the server.
    Also: whole-body junk, /v1/files multipart (hostile purpose, filename, content and structure), headers.
-2. schemathesis over /openapi.json, positive and negative data: the tenant routes with a member key, the
-   /v1/admin routes with an admin key.
+2. schemathesis (fuzzing/schema.py), positive and negative data: every operation of /openapi.json (the tenant
+   routes with a member key, the /v1/admin routes with an admin key); the console's routes, signed in, from a
+   spec built from its routers (/console is not in /openapi.json); then a stateful run of schemathesis's state
+   machine along the spec's links (file -> fine-tuning job -> cancel, file -> eval, file -> batch).
 
 A failure is a 5xx (a 503 with Retry-After is a legitimate refusal), an error without the OpenAI envelope
 {"error": {"message", "type", "param", "code"}}, a connection error or timeout, a failed GET /health after a
 case, or a failed chat probe (a real completion every --probe-every cases). Uvicorn's own plain-text
 `400 Invalid HTTP request received.` (before the app sees the request) counts as `http_parser_rejections`.
-schemathesis's response-schema conformance is counted, not failed. Exit code 1 on any failure.
+In phase 2 an API response outside the schema the spec documents for its status, or with a status the operation
+does not document, is a failure too. Exit code 1 on any failure.
 
 Needs the `fuzz` extra: pip install -e '.[fuzz]' (schemathesis, httpx). The server runs with --workers 0, so
 accepted fine-tuning and eval jobs stay queued instead of training on the CPUs the fuzzer shares.
@@ -46,7 +49,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fuzzing.hostile import Case, build_hostile, check_baselines, run_hostile  # noqa: E402 - needs the line above
-from fuzzing.schema import run_schemathesis  # noqa: E402
+from fuzzing.schema import Coverage, run_console, run_schemathesis, run_stateful, spec_operations  # noqa: E402
 from fuzzing.server import Run, Server, setup, short  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- main
@@ -67,6 +70,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="hypothesis seed (schemathesis phase)")
     ap.add_argument("--skip-hostile", action="store_true")
     ap.add_argument("--skip-schemathesis", action="store_true")
+    ap.add_argument("--skip-console", action="store_true", help="leave the console's routes out of phase 2")
+    ap.add_argument("--skip-stateful", action="store_true", help="leave the stateful (linked) run out of phase 2")
+    ap.add_argument("--stateful-steps", type=int, default=6, help="most steps per stateful scenario (default 6)")
     ap.add_argument("--report", type=Path, help="write the JSON report here (and the server log next to it)")
     args = ap.parse_args()
 
@@ -82,6 +88,7 @@ def main() -> int:
     run: Run | None = None
     interrupted = False
     report: dict[str, Any] = {}
+    cov = Coverage()
     try:
         print(f"starting llmaas serve --backend {args.backend} (log {server.log_path}) ...", flush=True)
         server.start()
@@ -91,6 +98,7 @@ def main() -> int:
         run = Run(server, ctx["member_key"], ctx["admin_key"], ctx["model"], deadline, args.probe_every,
                   args.request_timeout)
         spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+        cov.spec_operations = spec_operations(spec)
         hostile_cases: list[Case] = []
         next_case = 0
         baselines: dict[str, Any] = dict(ctx["baseline_status"])
@@ -102,13 +110,24 @@ def main() -> int:
             next_case = run_hostile(run, hostile_cases, hostile_deadline)
             run.probe("hostile")
         if not args.skip_schemathesis:
-            left = deadline - time.monotonic()
+            now, left = time.monotonic(), deadline - time.monotonic()
+            # fixed shares of the time left: tenant routes, admin routes, console, stateful
+            shares = [0.4, 0.25, 0.0 if args.skip_console else 0.15, 0.0 if args.skip_stateful else 0.2]
+            ends = [now + left * sum(shares[:i + 1]) / sum(shares) for i in range(4)]
             print(f"phase 2: schemathesis, {left:.0f} s left", flush=True)
-            run_schemathesis(run, "schemathesis_member", "member", False, args.max_examples,
-                             time.monotonic() + left * 0.7, args.seed)
+            run_schemathesis(run, cov, "schemathesis_member", "member", False, args.max_examples, ends[0], args.seed)
             run.probe("schemathesis_member")
-            run_schemathesis(run, "schemathesis_admin", "admin", True, args.max_examples, deadline, args.seed + 10_000)
+            run_schemathesis(run, cov, "schemathesis_admin", "admin", True, args.max_examples, ends[1],
+                             args.seed + 10_000)
             run.probe("schemathesis_admin")
+            if not args.skip_console:
+                run_console(run, cov, "schemathesis_console", ctx["admin_key"], args.max_examples, ends[2],
+                            args.seed + 20_000)
+                run.probe("schemathesis_console")
+            if not args.skip_stateful:
+                run_stateful(run, cov, "schemathesis_stateful", ctx, deadline, args.seed + 30_000,
+                             args.stateful_steps)
+                run.probe("schemathesis_stateful")
             if next_case < len(hostile_cases) and not run.out_of_time():  # schemathesis left time over
                 print(f"phase 1 again from case {next_case}, {deadline - time.monotonic():.0f} s left", flush=True)
                 run_hostile(run, hostile_cases, deadline, next_case)
@@ -155,8 +174,12 @@ def main() -> int:
         "http_parser_rejections": sum(g.http_parser_rejections for g in run.groups.values()),
         "schema_conformance": [{"method": k[0], "path": k[1], "status": k[2], "message": k[3], "count": n}
                                for k, n in run.conformance.most_common()],
-        "undocumented_statuses": [{"method": k[0], "path": k[1], "status": k[2], "count": n}
+        "undocumented_statuses": [{"method": k[0], "path": k[1], "status": k[2], "message": k[3], "count": n}
                                   for k, n in run.undocumented.most_common()],
+        "schema_violations_total": sum(run.conformance.values()) + sum(run.undocumented.values()),
+        "envelope_failures": sum(d["count"] for d in distinct if "envelope" in d["reason"]),
+        "server_errors": sum(d["count"] for d in distinct if str(d["status"] or "").startswith("5")),
+        **cov.report(),
         "wall_time_s": round(wall, 1),
     })
     print_summary(report)
@@ -178,6 +201,12 @@ def print_summary(r: dict) -> None:
         print(f"{name:<22}{g['cases']:>7}{n2:>7}{n4:>7}{n5:>6}{g['failures']:>6}{g['http_parser_rejections']:>8}"
               f"{g['unsendable']:>8}{g['schema_conformance_violations']:>9}{g['skipped_out_of_time']:>9}")
     print(f"statuses: {r['statuses']}")
+    st = r["stateful"]
+    print(f"operations fuzzed: {r['operations_fuzzed']}/{r['operations_in_spec']} of /openapi.json, console "
+          f"{r['console_operations_fuzzed']}/{r['console_operations']}; stateful: {st['scenarios']} scenarios, "
+          f"{st['steps']} steps, {st['linked_steps']} linked ({st['linked_steps_2xx']} with every step 2xx)")
+    if r["operations_not_fuzzed"]:
+        print(f"not fuzzed: {', '.join(r['operations_not_fuzzed'])}")
     print(f"chat probes ok/failed: {r['chat_probes_ok']}/{r['chat_probes_failed']}   health failures: "
           f"{r['health_checks_failed']}   server restarts: {r['server_restarts']}   wall: {r['wall_time_s']} s")
     print(f"failures: {r['failures_total']} ({len(r['distinct_failures'])} distinct)")

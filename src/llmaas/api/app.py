@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from llmaas import __version__
+from llmaas.api.drain import Drain, DrainMiddleware
 from llmaas.api.errors import install_error_handlers
 from llmaas.api.input_guard import InputGuardMiddleware
 from llmaas.api.metrics_auth import MetricsAuthMiddleware
@@ -112,11 +114,20 @@ def create_app(
     app.state.served = ServedModels(app.state.engines, None)  # replaced once the lifespan has built both
     app.state.deployments = None
     install_error_handlers(app)
-    # Starlette runs the last-added middleware first: proxy headers, then the request id, then the guard, so
-    # even a refused body answers with an x-request-id.
+    # Starlette runs the last-added middleware first: proxy headers, the request id, the guard, the drain, so
+    # even a refused body or a request refused while draining answers with an x-request-id.
+    app.state.drain = Drain()
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsAuthMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origin_list():  # off by default; API keys travel in a header, never in cookies
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["*"],  # the openai SDK sends its own (x-stainless-*)
+                           expose_headers=["x-request-id", "retry-after", *(
+                               f"x-ratelimit-{w}-{k}" for w in ("limit", "remaining", "reset")
+                               for k in ("requests", "tokens"))], max_age=600)
     if settings.trusted_proxy_list():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list())
     for r in (health.router, models.router, chat.router, completions.router, embeddings.router, usage.router,

@@ -463,3 +463,109 @@ def audit_cmd(
         rows, more = audit.query(s, a.ctx, q)
         items = [audit.to_dict(r) for r in rows]
     _emit(as_json, page(items, more), lambda: _table(items, _AUDIT_COLS))
+
+
+# --- backup and restore ---
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'' if n == 1 else 's'}"
+
+
+class _Bar:
+    """A progress bar on stderr that appears with the first bytes copied, so refusals print alone."""
+
+    def __init__(self, label: str, length: int) -> None:
+        self.label, self.length = label, length
+        self.bar: Any = None
+
+    def __call__(self, n: int) -> None:
+        import sys
+
+        if self.bar is None:
+            self.bar = typer.progressbar(length=self.length, label=self.label, file=sys.stderr, update_min_steps=64)
+            self.bar.__enter__()
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@contextmanager
+def _backup_errors() -> Iterator[None]:
+    """Refusals and I/O errors end the command with `error: ...` and exit code 1, never a traceback."""
+    import sqlite3
+
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from llmaas.control.backup import BackupError
+
+    try:
+        yield
+    except BackupError as e:
+        _die(str(e))
+    except (sqlite3.Error, SQLAlchemyError, CommandError, OSError) as e:
+        _die(f"{type(e).__name__}: {(str(e).splitlines() or [repr(e)])[0]}")
+
+
+@admin_app.command("backup")
+def backup_cmd(
+    path: Annotated[Path, typer.Argument(help="The archive to write, e.g. llmaas-2025-01-31.tar.gz (mode 0600).")],
+    artifacts_only: Annotated[bool, typer.Option(
+        "--artifacts-only", help="Only the data dir's files (for PostgreSQL: back the database up with pg_dump).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing archive.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Back up the database and the data dir's files into one archive, while the server runs.
+
+    The SQLite database is copied online (a consistent snapshot), then the encrypted files, the master key,
+    fine-tuned adapters and checkpoints. The archive holds the master key: keep it as safe as the data dir."""
+    from contextlib import closing
+
+    from llmaas.control.backup import BackupWriter
+    from llmaas.core.config import load_settings
+
+    with _backup_errors(), closing(BackupWriter(load_settings(data_dir=data_dir), path,
+                                                artifacts_only=artifacts_only, force=force)) as w, \
+            closing(_Bar("Backing up", w.total_bytes)) as bar:
+        manifest = w.write(bar)
+    for warning in manifest["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    db = f"the database (schema {manifest['schema_revision']}) and " if manifest["database"] else ""
+    typer.echo(f"Backed up {db}{_files(manifest['files'] - bool(db))} ({_size(manifest['bytes'])}) to {path}.")
+
+
+@admin_app.command("restore")
+def restore_cmd(
+    path: Annotated[Path, typer.Argument(help="An archive written by `llmaas admin backup`.")],
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="The data dir to restore into; it must be empty or absent, unless --force.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty data dir (not one a server uses).")
+                     ] = False,
+) -> None:
+    """Restore a backup into a new data dir, migrating its database to this version.
+
+    The checksums are verified before anything is written; the files land in a temp dir beside the target that
+    is renamed into place only when complete."""
+    from contextlib import closing
+
+    from llmaas.control.backup import restore
+
+    size = path.stat().st_size if path.is_file() else 0
+    with _backup_errors(), closing(_Bar("Verifying and restoring", 2 * size)) as bar:  # read twice: verify, unpack
+        m = restore(path, data_dir, force=force, progress=bar)
+    before, now = m["schema_revision"], m.get("schema_revision_now")
+    db = (f", database at schema {now}" + (f" (migrated from {before})" if before != now else "")
+          if m["database"] else " (artifacts only: no database in this backup)")
+    n = _files(m["files"] - bool(m["database"]))
+    typer.echo(f"Restored {n} ({_size(m['bytes'])}) from the backup of {m['created_at']} into {data_dir}{db}.")

@@ -77,6 +77,7 @@ def serve(
     import uvicorn
 
     from llmaas.api.app import create_app
+    from llmaas.api.drain import DrainingServer
     from llmaas.control.db.database import Database
     from llmaas.core.config import load_settings
     from llmaas.workers.supervisor import WorkerSupervisor
@@ -123,8 +124,10 @@ def serve(
             from llmaas.console import mount
 
             mount(app)
-        uvicorn.run(app, host=settings.host, port=settings.port,
-                    log_level=settings.log_level.lower(), timeout_graceful_shutdown=5, proxy_headers=False)
+        # SIGTERM drains first (api/drain.py); what is still open at the deadline gets 5 s more, then is cut.
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                                timeout_graceful_shutdown=5, proxy_headers=False)
+        DrainingServer(config, app.state.drain, settings.drain_s).run()
     finally:
         if supervisor is not None:
             supervisor.stop()

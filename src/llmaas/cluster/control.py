@@ -111,12 +111,17 @@ class RayCluster:
         self._export(apps)
         assert self.loader is not None
         loader = self.loader
-        for model, app in apps.items():
-            if model not in loader.engines and loader.state(model).status not in ("loading", "unloading") \
-                    and app.get("status") != "DELETING":
-                entry = loader.catalog.entry(model) if loader.catalog is not None else None
-                if entry is not None:
-                    loader.attach(model, await asyncio.to_thread(self.remote, entry))
+        new = [m for m, app in apps.items() if m not in loader.engines and app.get("status") != "DELETING"
+               and loader.state(m).status not in ("loading", "unloading")]
+        catalog = loader.catalog
+        if catalog is not None and any(catalog.entry(m) is None for m in new):
+            # Another ingress registered and deployed it: its entry is in the database before this process's
+            # periodic catalog reload, and routing must not wait for that (a 404 meanwhile).
+            await asyncio.to_thread(catalog.reload)
+        for model in new:
+            entry = catalog.entry(model) if catalog is not None else None
+            if entry is not None:
+                loader.attach(model, await asyncio.to_thread(self.remote, entry))
         for model in apps:
             self._deploying.pop(model, None)
         for model in list(loader.engines):

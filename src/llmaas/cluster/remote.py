@@ -19,7 +19,7 @@ from llmaas.core.metrics import ClusterMetrics
 from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.client import EngineClient
 from llmaas.engine.scoring import ScoreItem
-from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest
+from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, Places
 
 REPLICA_LOST = ("the replica serving this request stopped before the answer was complete; the tokens produced so "
                 "far are billed; retry the request")
@@ -88,10 +88,15 @@ class RemoteEngine:
     def check_capacity(self, n: int = 1) -> None:
         """Capacity is the replicas' (and Serve's queue bound, max_queued_requests, answered with 503)."""
 
+    def reserve(self, n: int = 1) -> Places:
+        """Nothing to hold here: a replica's own admission decides, and a stream it refuses ends in an error frame."""
+        return Places(n)
+
     def _call(self, adapter: str | None, stream: bool = False) -> Any:
         return self._handle.options(stream=stream, multiplexed_model_id=adapter or "")
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+    async def generate(self, request: GenerationRequest,
+                       places: Places | None = None) -> AsyncGenerator[GenerationOutput, None]:
         path = self._paths.get(request.adapter) if request.adapter else None
         resp = self._call(request.adapter, stream=True).generate.remote(request, path)
         produced, finished = 0, False

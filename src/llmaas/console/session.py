@@ -68,7 +68,8 @@ async def visitor(request: Request) -> Visitor:
 
 
 def check_csrf(request: Request, expected: str, sent: str | None) -> None:
-    if not sent or not hmac.compare_digest(sent, expected):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500, on a forged token).
+    if not sent or not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode()):
         raise CsrfRefused
 
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # open as before. Per-tenant series (ids and spend) are only exported when metrics_tenant_labels is on.
     metrics_key: str | None = None
     metrics_tenant_labels: bool = False
+    # Browsers may call the API from these origins (comma-separated, e.g. https://app.example.com; "*" for any).
+    # Empty: no CORS headers, so no other site's page can read an answer with a user's key.
+    cors_origins: str = ""
+    # On SIGTERM: how long accepted requests may run on while new ones get 503 + Retry-After; 0 stops at once.
+    drain_s: float = Field(default=30.0, ge=0, le=3600)
 
     # Ray mode (`llmaas serve --ray`)
     ray_ingress_replicas: int = Field(default=1, ge=1, le=64)  # API (gateway) replicas behind Serve's proxy
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
             if item:
                 ipaddress.ip_network(item, strict=False)  # a ValueError names the bad entry at startup
         return v
+
+    def cors_origin_list(self) -> list[str]:
+        return [x.strip() for x in self.cors_origins.split(",") if x.strip()]
 
     def trusted_proxy_list(self) -> list[str]:
         return [x.strip() for x in self.trusted_proxies.split(",") if x.strip()]

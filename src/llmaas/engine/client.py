@@ -12,7 +12,7 @@ from typing import Protocol
 
 from llmaas.engine.chat_template import ChatMessage
 from llmaas.engine.scoring import ScoreItem
-from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
+from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo, Places
 
 
 class EngineClient(Protocol):
@@ -41,14 +41,18 @@ class EngineClient(Protocol):
         client sees a cold start as time to first token; ModelNotReadyError (503, Retry-After) past a bound."""
 
     # -- generation ----------------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
-        """Stream deltas of one sequence. Raises OverloadedError when admission is full.
-        Breaking out of the iteration (client gone) aborts the sequence."""
+    def generate(self, request: GenerationRequest,
+                 places: Places | None = None) -> AsyncGenerator[GenerationOutput, None]:
+        """Stream deltas of one sequence. Raises OverloadedError when admission is full, unless it takes one
+        of `places` (reserved earlier). Breaking out of the iteration (client gone) aborts the sequence."""
 
     async def abort(self, request_id: str) -> None: ...
     def check_capacity(self, n: int = 1) -> None:
-        """Raise OverloadedError (503) unless `n` more sequences fit now: lets a caller refuse a stream
-        before its 200 status line goes out."""
+        """Raise OverloadedError (503) unless `n` more sequences fit now."""
+
+    def reserve(self, n: int = 1) -> Places:
+        """check_capacity, and hold the n places until the caller's sequences take them: a stream is refused
+        before its 200 status line goes out, never after it (concurrent requests cannot both pass a check)."""
 
     # -- side computations ---------------------------------------------------------------------------
     async def embed(self, inputs: list[list[int]], adapter: str | None = None) -> list[list[float]]: ...

@@ -25,7 +25,7 @@ from llmaas.engine.client import EngineClient
 from llmaas.engine.model_runner import ModelRunner
 from llmaas.engine.scheduler import BatchScheduler
 from llmaas.engine.scoring import ScoreItem
-from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo
+from llmaas.engine.types import EngineStats, GenerationOutput, GenerationRequest, ModelInfo, Places
 
 log = logging.getLogger("llmaas.engine")
 
@@ -47,6 +47,7 @@ class BatchingEngine:
                               n_slots=runner.n_slots, capabilities=tuple(runner.capabilities))
         self._max_inflight = runner.n_slots + max_queued
         self._streams: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._places: list[Places] = []  # promised to streams about to start (reserve)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prefill_step_s = prefill_step_s
         self._metrics = metrics
@@ -157,17 +158,28 @@ class BatchingEngine:
         """Admission control: raise OverloadedError unless `n` more sequences fit in slots + queue."""
         if not self._scheduler.alive:
             raise EngineUnavailableError(f"the engine of model {self.info.model_id} is not running; retry shortly")
-        if len(self._streams) + n > self._max_inflight:
+        now = time.monotonic()
+        self._places = [p for p in self._places if p.held(now)]
+        if len(self._streams) + sum(p.left for p in self._places) + n > self._max_inflight:
             raise OverloadedError(
                 f"the server is at capacity ({self._max_inflight} sequences running or queued); retry shortly",
                 retry_after_s=1,
             )
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+    def reserve(self, n: int = 1) -> Places:
+        """check_capacity, and the n places held for the caller's sequences (see Places)."""
+        self.check_capacity(n)
+        places = Places(n)
+        self._places.append(places)
+        return places
+
+    async def generate(self, request: GenerationRequest,
+                       places: Places | None = None) -> AsyncGenerator[GenerationOutput, None]:
         self.info.require("completions")
         if not request.prompt_tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
-        self.check_capacity(1)
+        if places is None or not places.take():
+            self.check_capacity(1)
         rid = request.request_id
         if rid in self._streams:
             raise InvalidRequestError("duplicate request id", param="request_id")

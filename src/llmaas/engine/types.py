@@ -3,6 +3,7 @@ so that stop strings and streaming deltas are handled in one place."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from llmaas.core.errors import ModelCapabilityError
@@ -92,3 +93,31 @@ class ModelInfo:
         """400 (param "model") unless the model can serve `capability`; `model`: the name the client used."""
         if capability not in self.capabilities:
             raise ModelCapabilityError(model or self.model_id, capability, self.capabilities)
+
+
+class Places:
+    """Sequence places promised to one request by `EngineClient.reserve`, so that a stream whose 200 status line
+    has gone out is never refused for capacity afterwards. Each `generate` given these places takes one; what is
+    left counts against capacity until `release` (the request ended) or, for a stream that never started (its
+    client left before the first byte), until the places lapse."""
+
+    LAPSE_S = 10.0
+
+    __slots__ = ("left", "lapse_at")
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.lapse_at = time.monotonic() + self.LAPSE_S
+
+    def take(self) -> bool:
+        """One place for a sequence starting now; False when none is left (the caller checks capacity)."""
+        if self.left <= 0 or time.monotonic() > self.lapse_at:
+            return False
+        self.left -= 1
+        return True
+
+    def held(self, now: float) -> int:
+        return self.left if now <= self.lapse_at else 0
+
+    def release(self) -> None:
+        self.left = 0

@@ -14,7 +14,7 @@ from llmaas.control.auth.principal import Principal
 from llmaas.control.plane import ControlPlane
 from llmaas.core.chat_jsonl import model_role
 from llmaas.engine.client import EngineClient
-from llmaas.engine.types import SamplingParams, TokenLogprob
+from llmaas.engine.types import Places, SamplingParams, TokenLogprob
 from llmaas.protocol.openai import ChatCompletionRequest
 from llmaas.serving.completion_store import store_completion
 from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, max_tokens_for
@@ -133,12 +133,12 @@ class _Run:
     def _choices(self) -> ChatChoices:
         return ChatChoices(self.head, self.body.n, self.params.logprobs is not None)
 
-    async def _chunks(self, meter: Metered) -> AsyncGenerator[dict, None]:
+    async def _chunks(self, meter: Metered, places: Places | None = None) -> AsyncGenerator[dict, None]:
         """The chunks of this completion, the last one with no choices and the usage."""
         chunk = {**self.head, "object": "chat.completion.chunk"}
         completion, cached, started = 0, 0, set()
         calls = [ToolCallStream() for _ in range(self.body.n)] if self.tools else None
-        deltas = fan_out(self.engine, [self.prompt], self.params, self.body.n, self.adapter, self.priority)
+        deltas = fan_out(self.engine, [self.prompt], self.params, self.body.n, self.adapter, self.priority, places)
         async with aclosing(deltas):  # closed at once when our consumer stops: that aborts the sequences
             async for i, out in deltas:
                 meter.add(i, out)
@@ -173,14 +173,14 @@ class _Run:
                 choices.add(chunk)
         return choices.completion()
 
-    async def stream(self) -> AsyncGenerator[dict, None]:
+    async def stream(self, places: Places) -> AsyncGenerator[dict, None]:
         """The chunks a client gets: the usage one only with stream_options.include_usage. Settles the
         ticket when it ends, however it ends (an error raised, the iterator closed or cancelled)."""
         body = self.body
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         async with Metered(self.ticket, len(self.prompt)) as meter:
             kept = self._choices() if self.keep_in is not None else None
-            async with aclosing(self._chunks(meter)) as chunks:
+            async with aclosing(self._chunks(meter, places)) as chunks:
                 async for chunk in chunks:
                     if kept is not None:
                         kept.add(chunk)

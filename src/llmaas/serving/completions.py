@@ -12,7 +12,7 @@ from contextlib import aclosing
 from llmaas.control.auth.principal import Principal
 from llmaas.core.errors import InvalidRequestError
 from llmaas.engine.client import EngineClient
-from llmaas.engine.types import GenerationOutput, SamplingParams
+from llmaas.engine.types import GenerationOutput, Places, SamplingParams
 from llmaas.protocol.openai import CompletionRequest
 from llmaas.serving.models import AnyTicket, Served, ServedModels, Watch, in_vocab, max_tokens_for
 from llmaas.serving.sequences import Metered, fan_out, new_id, now, run_admitted
@@ -120,12 +120,12 @@ class _Run:
         self.head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model,
                      "system_fingerprint": None}
 
-    async def _chunks(self, meter: Metered) -> AsyncGenerator[dict, None]:
+    async def _chunks(self, meter: Metered, places: Places | None = None) -> AsyncGenerator[dict, None]:
         """The chunks of this completion, the last one with no choices and the usage. A delta with
         logprobs but no text yet is a chunk too: the fold keeps its logprobs (a stream skips it)."""
         want_lp = self.body.logprobs is not None
         completion = 0
-        deltas = fan_out(self.engine, self.prompts, self.params, self.body.n, self.adapter, self.priority)
+        deltas = fan_out(self.engine, self.prompts, self.params, self.body.n, self.adapter, self.priority, places)
         async with aclosing(deltas):  # closed at once when our consumer stops: that aborts the sequences
             async for i, out in deltas:
                 meter.add(i, out)
@@ -146,12 +146,12 @@ class _Run:
                 choices.add(chunk)
         return choices.completion()
 
-    async def stream(self) -> AsyncGenerator[dict, None]:
+    async def stream(self, places: Places) -> AsyncGenerator[dict, None]:
         """The chunks a client gets: those with text or a finish reason, and the usage one only with
         stream_options.include_usage. Settles the ticket when it ends, however it ends."""
         body = self.body
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        async with Metered(self.ticket, self.prompt_tokens) as meter, aclosing(self._chunks(meter)) as chunks:
+        async with Metered(self.ticket, self.prompt_tokens) as meter, aclosing(self._chunks(meter, places)) as chunks:
             async for chunk in chunks:
                 if "usage" in chunk:
                     if include_usage:

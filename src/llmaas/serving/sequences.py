@@ -6,11 +6,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from llmaas.core.errors import EngineError
 from llmaas.engine.client import EngineClient
-from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingParams
+from llmaas.engine.types import GenerationOutput, GenerationRequest, Places, SamplingParams
 from llmaas.serving.models import AnyTicket, Served, Watch
 
 
@@ -24,23 +25,38 @@ def now() -> int:
 
 async def fan_out(
     engine: EngineClient, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None,
-    priority: int = 0,
+    priority: int = 0, places: Places | None = None,
 ) -> AsyncGenerator[tuple[int, GenerationOutput], None]:
     """Run n sequences per prompt concurrently; yield (choice index, delta) as they come.
     Closing this iterator (client gone) aborts every sequence still running. `priority`: the engine's
-    admission order (GenerationRequest.priority; batch lines are 1)."""
-    engine.check_capacity(len(prompts) * n)
-    base_id = uuid.uuid4().hex
-    if len(prompts) * n == 1:  # one sequence: no task and queue in between (one wake-up per token, not two)
-        gen = engine.generate(GenerationRequest(f"{base_id}-0", prompts[0], params, adapter, priority))
-        try:
-            async for out in gen:
-                if out.finish_reason == "error":
-                    raise _failure(out)
-                yield 0, out
-        finally:
-            await gen.aclose()  # aborts the sequence if the consumer stopped early
-        return
+    admission order (GenerationRequest.priority; batch lines are 1). `places`: held for these sequences by
+    engine.reserve (a stream's); without them capacity is checked here."""
+    try:
+        if places is None:
+            engine.check_capacity(len(prompts) * n)
+        base_id = uuid.uuid4().hex
+        if len(prompts) * n == 1:  # one sequence: no task and queue in between (one wake-up per token, not two)
+            gen = engine.generate(GenerationRequest(f"{base_id}-0", prompts[0], params, adapter, priority), places)
+            try:
+                async for out in gen:
+                    if out.finish_reason == "error":
+                        raise _failure(out)
+                    yield 0, out
+            finally:
+                await gen.aclose()  # aborts the sequence if the consumer stopped early
+            return
+        async with aclosing(_fan_out_many(engine, prompts, params, n, adapter, priority, places, base_id)) as many:
+            async for item in many:
+                yield item
+    finally:
+        if places is not None:
+            places.release()
+
+
+async def _fan_out_many(
+    engine: EngineClient, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None,
+    priority: int, places: Places | None, base_id: str,
+) -> AsyncGenerator[tuple[int, GenerationOutput], None]:
     queue: asyncio.Queue[tuple[int, GenerationOutput | BaseException | None]] = asyncio.Queue()
 
     async def run(index: int, tokens: list[int]) -> None:
@@ -48,7 +64,8 @@ async def fan_out(
         if params.seed is not None and index:
             p = SamplingParams(**{**_fields(params), "seed": params.seed + index})
         try:
-            async for out in engine.generate(GenerationRequest(f"{base_id}-{index}", tokens, p, adapter, priority)):
+            request = GenerationRequest(f"{base_id}-{index}", tokens, p, adapter, priority)
+            async for out in engine.generate(request, places):
                 queue.put_nowait((index, out))
         except BaseException as e:  # delivered to the consumer, which re-raises
             queue.put_nowait((index, e))
@@ -124,18 +141,19 @@ class Metered:
 
 
 async def run_admitted(ticket: AnyTicket, engine: EngineClient, *, n_sequences: int, prompt_tokens: int,
-                       stream: bool, chunks: Callable[[], AsyncGenerator[dict, None]],
+                       stream: bool, chunks: Callable[[Places], AsyncGenerator[dict, None]],
                        fold: Callable[[Metered], Awaitable[dict]], watch: Watch | None) -> Served:
-    """The last step every generating endpoint shares, for a request admitted with `ticket`: a stream
-    (capacity checked first, so that a 503 comes before the 200 status line) or the folded answer, metered
-    whatever happens to it. `watch` runs the fold (e.g. cancelling it when the client goes away)."""
+    """The last step every generating endpoint shares, for a request admitted with `ticket`: a stream (its
+    places reserved first, so that a 503 comes before the 200 status line and never after it) or the folded
+    answer, metered whatever happens to it. `watch` runs the fold (e.g. cancelling it when the client goes
+    away)."""
     if stream:
         try:
-            engine.check_capacity(n_sequences)
+            places = engine.reserve(n_sequences)
         except Exception:
             await ticket.settle("rejected")
             raise
-        return Served(ticket.headers, stream=chunks())
+        return Served(ticket.headers, stream=chunks(places))
     async with Metered(ticket, prompt_tokens) as meter:
         work = fold(meter)
         return Served(ticket.headers, body=await (watch(work) if watch is not None else work))

@@ -45,13 +45,17 @@ def test_serve_runs_uvicorn_without_its_own_proxy_headers(monkeypatch, tmp_path)
     import uvicorn
     from typer.testing import CliRunner
 
+    from llmaas.api.drain import DrainingServer
     from llmaas.cli.main import app
 
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
+    # uvicorn.Config sets up logging on CliRunner's stderr, which is closed once the command returns.
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: seen.update(proxy_headers=self.config.proxy_headers,
+                                                                        drain_s=self.drain_s))
     result = CliRunner().invoke(app, ["serve", "--backend", "fake", "--data-dir", str(tmp_path), "--workers", "0"])
     assert result.exit_code == 0, result.output
-    assert seen["proxy_headers"] is False
+    assert seen == {"proxy_headers": False, "drain_s": 30.0}
 
 
 # --- /metrics ---

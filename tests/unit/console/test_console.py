@@ -529,3 +529,14 @@ def test_registering_a_model_that_is_not_there_is_refused_on_the_page(env):
     assert r.status_code in (400, 404) and "gguf_path" in r.text and 'value="keep me"' in r.text
     r = c.post("/console/admin/models", data={"kind": "package", "source": "no-such-package", "csrf": csrf})
     assert r.status_code in (400, 404) and "no-such-package" in r.text
+
+
+@pytest.mark.parametrize("forged", ["\x88ú", "é" * 32])
+def test_a_forged_non_ascii_csrf_token_is_a_403_not_a_500(env, forged):
+    c, key, _, _ = env
+    _login_csrf(c)
+    r = c.post("/console/login", data={"api_key": key, "csrf": forged}, follow_redirects=False)
+    assert r.status_code in (400, 403) and r.json()["error"]["param"] in ("csrf", None), r.text
+    sign_in(c, key)
+    r = c.post("/console/files", data={"csrf": forged, "purpose": "fine-tune"}, follow_redirects=False)
+    assert r.status_code in (400, 403), r.text

@@ -11,6 +11,7 @@ from datetime import date
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.openapi import LISTING, READING, WRITING
 from llmaas.control.auth import audit, tenants
 from llmaas.control.auth.keys import key_dict
 from llmaas.control.auth.principal import Context, Limits
@@ -34,7 +35,7 @@ def _tenant_out(cp: ControlPlane, s, t) -> dict:
 
 # --- tenants ---
 
-@router.post("/tenants")
+@router.post("/tenants", responses=WRITING)
 def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -43,21 +44,21 @@ def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> 
         return _tenant_out(cp, s, t)
 
 
-@router.get("/tenants")
+@router.get("/tenants", responses=LISTING)
 def list_tenants(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return page([_tenant_out(cp, s, t) for t in tenants.list_visible(s, ctx)], False)
 
 
-@router.get("/tenants/{tenant_id}")
+@router.get("/tenants/{tenant_id}", responses=READING)
 def get_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return _tenant_out(cp, s, tenants.get_visible(s, ctx, tenant_id))
 
 
-@router.patch("/tenants/{tenant_id}")
+@router.patch("/tenants/{tenant_id}", responses=WRITING)
 def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -70,7 +71,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: Cur
     return out
 
 
-@router.delete("/tenants/{tenant_id}")
+@router.delete("/tenants/{tenant_id}", responses=WRITING)
 def delete_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -81,7 +82,7 @@ def delete_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict
 
 # --- keys ---
 
-@router.post("/tenants/{tenant_id}/keys")
+@router.post("/tenants/{tenant_id}/keys", responses=WRITING)
 def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -90,14 +91,14 @@ def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentCo
         return key_dict(k, secret)
 
 
-@router.get("/tenants/{tenant_id}/keys")
+@router.get("/tenants/{tenant_id}/keys", responses=READING)
 def list_keys(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return page([key_dict(k) for k in cp.keys.list(s, ctx, tenant_id)], False)
 
 
-@router.get("/tenants/{tenant_id}/keys/{key_id}")
+@router.get("/tenants/{tenant_id}/keys/{key_id}", responses=READING)
 def get_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -105,7 +106,7 @@ def get_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) 
         return {**key_dict(k), "budget": cp.budgets.status(s, "key", k.id, Limits.of(k))}
 
 
-@router.patch("/tenants/{tenant_id}/keys/{key_id}")
+@router.patch("/tenants/{tenant_id}/keys/{key_id}", responses=WRITING)
 def update_key(tenant_id: str, key_id: str, body: KeyUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     sent = body.model_dump(exclude_unset=True)
@@ -116,14 +117,14 @@ def update_key(tenant_id: str, key_id: str, body: KeyUpdate, request: Request, c
         return key_dict(k)
 
 
-@router.delete("/tenants/{tenant_id}/keys/{key_id}")
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", responses=WRITING)
 def revoke_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return key_dict(cp.keys.revoke(s, ctx, tenant_id, key_id))
 
 
-@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate")
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", responses=WRITING)
 def rotate_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext,
                body: KeyRotate | None = None) -> dict:
     cp = _cp(request)
@@ -143,7 +144,7 @@ def usage_report(request: Request, ctx: Context, tenant_id: str | None, start_da
                                model=model, key_id=key_id)
 
 
-@router.get("/usage")
+@router.get("/usage", responses=READING)
 def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = None,
                 start_date: date | None = None, end_date: date | None = None,
                 group_by: list[str] = Query(default=[]), model: str | None = None,
@@ -152,7 +153,7 @@ def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = N
     return usage_report(request, ctx, tenant_id, start_date, end_date, group_by, model, key_id)
 
 
-@router.get("/audit")
+@router.get("/audit", responses=READING)
 def audit_log(request: Request, ctx: CurrentContext, tenant_id: str | None = None, action: str | None = None,
               actor_key_id: str | None = None, target_id: str | None = None,
               since: int | None = Query(default=None, ge=0, le=MAX_UNIX_TIME, description="Unix seconds"),

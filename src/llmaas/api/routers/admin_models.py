@@ -10,6 +10,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.openapi import LISTING, READING, WRITING
 from llmaas.control.auth.principal import Context
 from llmaas.control.billing.catalog import price_dict
 from llmaas.control.model_catalog import Entry
@@ -53,7 +54,7 @@ def _set_prices(cp: ControlPlane, s, ctx, model: str, body: ModelRegister | Mode
         cp.catalog.set_price(s, ctx, model, **sent)
 
 
-@router.get("/models")
+@router.get("/models", responses=LISTING)
 def list_models(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -61,7 +62,7 @@ def list_models(request: Request, ctx: CurrentContext) -> dict:
         return page([_model_out(request, cp, s, e) for e in cp.models.entries()], False)
 
 
-@router.post("/models")
+@router.post("/models", responses=WRITING)
 async def register_model(body: ModelRegister, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -100,7 +101,7 @@ def _out(request: Request, cp: ControlPlane, model_id: str) -> dict:
         return _model_out(request, cp, s, Entry.of(cp.models.get(s, model_id)))
 
 
-@router.get("/models/{model:path}")
+@router.get("/models/{model:path}", responses=READING)
 def get_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -110,7 +111,7 @@ def get_model(model: str, request: Request, ctx: CurrentContext) -> dict:
         return _model_out(request, cp, s, Entry.of(cp.models.get(s, model)))
 
 
-@router.put("/models/{model:path}")
+@router.put("/models/{model:path}", responses=WRITING)
 def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -120,7 +121,7 @@ def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext)
         return price_dict(p)
 
 
-@router.patch("/models/{model:path}")
+@router.patch("/models/{model:path}", responses=WRITING)
 def update_model(model: str, body: ModelUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     changes = body.model_dump(exclude_unset=True, exclude=set(_PRICES))
@@ -132,7 +133,7 @@ def update_model(model: str, body: ModelUpdate, request: Request, ctx: CurrentCo
         return _model_out(request, cp, s, e)
 
 
-@router.post("/models/{model:path}/load")
+@router.post("/models/{model:path}/load", responses=WRITING)
 async def load_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -142,7 +143,7 @@ async def load_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     return await asyncio.to_thread(_out, request, cp, model)
 
 
-@router.post("/models/{model:path}/unload")
+@router.post("/models/{model:path}/unload", responses=WRITING)
 async def unload_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -152,7 +153,7 @@ async def unload_model(model: str, request: Request, ctx: CurrentContext) -> dic
     return await asyncio.to_thread(_out, request, cp, model)
 
 
-@router.delete("/models/{model:path}")
+@router.delete("/models/{model:path}", responses=WRITING)
 async def delete_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()

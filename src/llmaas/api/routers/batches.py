@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
+from llmaas.api.openapi import BATCH_LINKS, LISTING, READING, WRITING
 from llmaas.control.jobs import batches
 from llmaas.control.paging import page
 from llmaas.protocol.batches import BatchCreate
@@ -12,7 +13,7 @@ from llmaas.protocol.batches import BatchCreate
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
-@router.post("")
+@router.post("", responses={**WRITING, **BATCH_LINKS})
 def create_batch(body: BatchCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = control_plane(request, "Batches")
     with cp.db.session() as s:
@@ -21,7 +22,7 @@ def create_batch(body: BatchCreate, request: Request, ctx: CurrentContext) -> di
         return batches.show(s, b)
 
 
-@router.get("")
+@router.get("", responses=LISTING)
 def list_batches(request: Request, ctx: CurrentContext, after: str | None = None,
                  limit: int = Query(default=20, ge=1, le=100)) -> dict:
     cp = control_plane(request, "Batches")
@@ -30,14 +31,14 @@ def list_batches(request: Request, ctx: CurrentContext, after: str | None = None
         return page([batches.show(s, b) for b in rows], more)
 
 
-@router.get("/{batch_id}")
+@router.get("/{batch_id}", responses=READING)
 def get_batch(batch_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = control_plane(request, "Batches")
     with cp.db.session() as s:
         return batches.show(s, batches.get(s, ctx, batch_id))
 
 
-@router.post("/{batch_id}/cancel")
+@router.post("/{batch_id}/cancel", responses=WRITING)
 def cancel_batch(batch_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = control_plane(request, "Batches")
     with cp.db.session() as s:

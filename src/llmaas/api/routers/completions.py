@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from llmaas.api.deps import CurrentPrincipal, request_id
+from llmaas.api.openapi import GENERATING, STREAMED
 from llmaas.api.responses import disconnect_watch, respond, served_models
 from llmaas.protocol.openai import CompletionRequest
 from llmaas.serving.completions import ServingCompletion
@@ -12,7 +13,7 @@ from llmaas.serving.completions import ServingCompletion
 router = APIRouter()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={**GENERATING, **STREAMED})
 async def create_completion(body: CompletionRequest, request: Request, response: Response,
                             principal: CurrentPrincipal):
     served = await ServingCompletion(served_models(request)).create(body, principal, request_id(request),

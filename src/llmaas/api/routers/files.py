@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
+from llmaas.api.openapi import FILE_CONTENT, FILE_LINKS, LISTING, READING, UPLOAD_BODY, WRITING
 from llmaas.control.data.files import FileService, FileUpload, file_dict
 from llmaas.control.paging import page
 from llmaas.core.errors import InvalidRequestError
@@ -23,7 +24,7 @@ def _files(request: Request) -> FileService:
     return control_plane(request, "Files").files
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", responses={**WRITING, **FILE_LINKS}, openapi_extra=UPLOAD_BODY)
 async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
@@ -52,7 +53,7 @@ async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     return file_dict(f)
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", responses=LISTING)
 def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None, after: str | None = None,
                limit: int = Query(default=100, ge=1, le=10_000), order: Literal["asc", "desc"] = "desc") -> dict:
     service = _files(request)
@@ -61,14 +62,14 @@ def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None
         return page([file_dict(f) for f in rows], more)
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", responses=READING)
 def get_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
     with service.db.session() as s:
         return file_dict(service.get(s, ctx, file_id))
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", responses={**READING, **FILE_CONTENT})
 def file_content(file_id: str, request: Request, ctx: CurrentContext) -> StreamingResponse:
     f, chunks = _files(request).content(ctx, file_id)
     media = "text/csv" if f.filename.endswith(".csv") else "application/jsonl"
@@ -83,7 +84,7 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", responses=WRITING)
 def delete_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
     _files(request).delete(ctx, file_id)
     return {"id": file_id, "object": "file", "deleted": True}

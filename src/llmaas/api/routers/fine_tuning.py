@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query
+from llmaas.api.openapi import JOB_LINKS, READING, WRITING
 from llmaas.api.responses import served_models
 from llmaas.control.jobs import fine_tuning as ft
 from llmaas.control.paging import page
@@ -19,7 +20,7 @@ def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "Fine-tuning")
 
 
-@router.post("/jobs")
+@router.post("/jobs", responses={**WRITING, **JOB_LINKS})
 def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     bases = served_models(request).offering(ctx.principal, "fine_tuning")
@@ -34,7 +35,7 @@ def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> d
     return out
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=READING)
 def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
               limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
     """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""
@@ -45,20 +46,20 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
         return page([ft.job_dict(j) for j in rows], more)
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=READING)
 def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return ft.job_dict(ft.get(s, ctx, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=WRITING)
 def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
     return _cp(request).jobs.cancel(ctx, job_id, ft.get, ft.job_dict, what=f"Job {job_id}",
                                     param="fine_tuning_job_id")
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get("/jobs/{job_id}/events", responses=READING)
 def job_events(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=1000)) -> dict:
     cp = _cp(request)
@@ -67,7 +68,7 @@ def job_events(job_id: str, request: Request, ctx: CurrentContext, after: str | 
         return page([ft.event_dict(e) for e in rows], more)
 
 
-@router.get("/jobs/{job_id}/checkpoints")
+@router.get("/jobs/{job_id}/checkpoints", responses=READING)
 def job_checkpoints(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                     limit: int = Query(default=10, ge=1, le=100)) -> dict:
     cp = _cp(request)

@@ -8,6 +8,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentPrincipal
+from llmaas.api.openapi import LISTING, READING
 from llmaas.api.responses import served_models
 from llmaas.control.clock import unix
 from llmaas.control.db.models import TenantModel
@@ -53,7 +54,7 @@ def _owned(request: Request, principal) -> list[TenantModel]:
         return tenant_models(s, principal.tenant_id)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=LISTING)
 async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
     served = served_models(request)
     data = [_model_obj(served, m) for m in _listed(served) if served.visible(m, principal)]
@@ -63,7 +64,7 @@ async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=READING)
 async def get_model(model_id: str, request: Request, principal: CurrentPrincipal) -> dict:
     served = served_models(request)
     if model_id.startswith("ft:") and request.app.state.control is not None:
