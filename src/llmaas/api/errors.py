@@ -9,10 +9,14 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-from llmaas.core.errors import LlmaasError, error_body
+from llmaas.core.errors import DependencyUnavailableError, LlmaasError, error_body
 
 log = logging.getLogger("llmaas.api")
 
@@ -26,8 +30,25 @@ async def send_error(send: Send, status: int, body: dict, headers: Sequence[tupl
     await send({"type": "http.response.body", "body": payload})
 
 
+def _dependency_down(exc: BaseException) -> DependencyUnavailableError | None:
+    """The 503 for a database or Redis that does not answer (refused, reset, timed out, pool exhausted):
+    a transaction that failed was rolled back, and rate limits fail closed rather than unlimited."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return DependencyUnavailableError("The database is unavailable; nothing was changed. Retry shortly.",
+                                          "database_unavailable")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return DependencyUnavailableError("Rate limits cannot be checked right now (Redis does not answer); "
+                                          "retry shortly.", "rate_limiter_unavailable", retry_after_s=2)
+    return None
+
+
 def to_envelope(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     """(status, body, headers) for any exception; unknown ones become a generic 500 without details."""
+    down = _dependency_down(exc)
+    if down is not None:
+        log.warning("%s: %s", down.code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        exc = down
     if isinstance(exc, LlmaasError):
         return exc.status_code, exc.to_dict(), exc.headers
     log.error("unhandled error", exc_info=exc)

@@ -121,6 +121,16 @@ class EngineUnavailableError(LlmaasError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class DependencyUnavailableError(LlmaasError):
+    """A service the request needs (the database, Redis) does not answer: nothing was half-done; retry."""
+
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, code: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
 class EngineError(LlmaasError):
     status_code = 500
     error_type = "server_error"

@@ -44,7 +44,9 @@ class Database:
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
             _private_sqlite_file(self.url)
         else:
-            kw.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # connect_timeout / pool_timeout: a database that does not answer fails a request in seconds (a 503).
+            kw.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_timeout=10,
+                      connect_args={"connect_timeout": 5})
         self.engine: Engine = create_engine(self.url, **kw)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -89,7 +89,8 @@ class RedisLimiter:
     def __init__(self, url: str, prefix: str = "llmaas:rl:") -> None:
         import redis.asyncio as redis
 
-        self._redis: Any = redis.Redis.from_url(url)
+        # Bounded: a Redis that hangs must cost a request 2 s and a clear 503, not the client's whole timeout.
+        self._redis: Any = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.prefix = prefix
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
