@@ -18,6 +18,7 @@ from llmaas.api.errors import install_error_handlers
 from llmaas.api.input_guard import InputGuardMiddleware
 from llmaas.api.metrics_auth import MetricsAuthMiddleware
 from llmaas.api.middleware import RequestIdMiddleware
+from llmaas.api.openapi import without_422
 from llmaas.api.routers import (
     admin,
     admin_deployments,
@@ -135,4 +136,5 @@ def create_app(
               responses.router, admin.router,
               admin_models.router, admin_deployments.router):
         app.include_router(r)
+    without_422(app)
     return app

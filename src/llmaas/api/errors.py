@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-from llmaas.core.errors import DependencyUnavailableError, LlmaasError, error_body
+from llmaas.core.errors import DependencyUnavailableError, InsufficientStorageError, LlmaasError, error_body
 
 log = logging.getLogger("llmaas.api")
 
@@ -30,9 +31,9 @@ async def send_error(send: Send, status: int, body: dict, headers: Sequence[tupl
     await send({"type": "http.response.body", "body": payload})
 
 
-def _dependency_down(exc: BaseException) -> DependencyUnavailableError | None:
-    """The 503 for a database or Redis that does not answer (refused, reset, timed out, pool exhausted):
-    a transaction that failed was rolled back, and rate limits fail closed rather than unlimited."""
+def _dependency_down(exc: BaseException) -> LlmaasError | None:
+    """The 503 for a database or Redis that does not answer (refused, reset, timed out, pool exhausted): a
+    transaction that failed was rolled back, and rate limits fail closed rather than unlimited. A full disk: 507."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated):
         return DependencyUnavailableError("The database is unavailable; nothing was changed. Retry shortly.",
@@ -40,6 +41,9 @@ def _dependency_down(exc: BaseException) -> DependencyUnavailableError | None:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return DependencyUnavailableError("Rate limits cannot be checked right now (Redis does not answer); "
                                           "retry shortly.", "rate_limiter_unavailable", retry_after_s=2)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorageError("The server is out of disk space; nothing was stored. Retry later, or ask "
+                                        "the operator to free space.")
     return None
 
 
@@ -67,6 +71,11 @@ def _param_of(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+async def _as_envelope(_: Request, exc: Exception) -> JSONResponse:
+    status, body, headers = to_envelope(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LlmaasError)
     async def _domain(_: Request, exc: LlmaasError) -> JSONResponse:
@@ -91,6 +100,12 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    # Handled here rather than by the catch-all below, which Starlette re-raises (a traceback in the log for what
+    # is an outage to report, not a bug).
+    for kind in (OperationalError, InterfaceError, DBAPIError, PoolTimeoutError, RedisConnectionError,
+                 RedisTimeoutError, OSError):
+        app.add_exception_handler(kind, _as_envelope)
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:

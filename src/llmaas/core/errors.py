@@ -131,6 +131,17 @@ class DependencyUnavailableError(LlmaasError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class InsufficientStorageError(LlmaasError):
+    """The disk is full: what the request was writing was removed, nothing is half-stored."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
+
+    def __init__(self, message: str, retry_after_s: int = 60) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class EngineError(LlmaasError):
     status_code = 500
     error_type = "server_error"

@@ -6,6 +6,8 @@ leaves the lease to lapse, with the same result after `job_lease_s`."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
@@ -15,6 +17,7 @@ import threading
 from collections.abc import Mapping
 
 from sqlalchemy import update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from llmaas.control.billing.budgets import Budgets
 from llmaas.control.billing.catalog import Catalog
@@ -28,6 +31,19 @@ from llmaas.core.config import Settings
 from llmaas.workers.context import Handler, JobContext, JobFailed
 
 log = logging.getLogger("llmaas.worker")
+# A job stopped by the machine (a full disk, the database gone) rather than by its input is handed back, to resume
+# from its last checkpoint once the condition clears, until it has been tried this many times in all.
+MAX_ATTEMPTS_ON_OUTAGE = 5
+OUTAGE_BACKOFF_S = 10.0
+
+
+def outage(e: BaseException) -> str | None:
+    """What a job met that is no fault of the job: a code for its event, else None."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "insufficient_storage"
+    if isinstance(e, OperationalError | InterfaceError):
+        return "database_unavailable"
+    return None
 
 
 class Worker:
@@ -84,6 +100,7 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, args=(ctx,), name=f"heartbeat-{job.id}", daemon=True)
         beat.start()
         log.info("job %s claimed (attempt %d)", job.id, job.attempts)
+        paused = False
         try:
             handler(ctx)
         except JobFailed as f:
@@ -91,16 +108,27 @@ class Worker:
             self.queue.set_status(job.id, self.id, "failed",
                                   error={"code": f.code, "message": f.message, "param": f.param})
         except Exception as e:
-            log.exception("job %s failed", job.id)
-            ctx.event(f"Job failed: {e}", level="error")
-            self.queue.set_status(job.id, self.id, "failed",
-                                  error={"code": "internal_error", "message": str(e)[:1000], "param": None})
+            code = outage(e)
+            if code is not None and job.attempts < MAX_ATTEMPTS_ON_OUTAGE:
+                paused = True
+                log.warning("job %s paused (%s: %s); handed back to resume from its last checkpoint", job.id, code, e)
+                with contextlib.suppress(Exception):  # the database may be what is gone
+                    ctx.event(f"Paused ({code}): {e}. It resumes from its last checkpoint once this clears.",
+                              level="warning")
+            else:
+                log.exception("job %s failed", job.id)
+                ctx.event(f"Job failed: {e}", level="error")
+                self.queue.set_status(job.id, self.id, "failed",
+                                      error={"code": code or "internal_error", "message": str(e)[:1000], "param": None})
         finally:
-            if ctx.release.is_set() and not ctx.cancel.is_set():
-                self._hand_back(job.id)
+            if (ctx.release.is_set() or paused) and not ctx.cancel.is_set():
+                with contextlib.suppress(Exception):  # if not now, its lease lapses and it is resumed all the same
+                    self._hand_back(job.id)
             self._current = None
             ctx.done.set()
             beat.join(timeout=5)
+        if paused:
+            self._stop.wait(OUTAGE_BACKOFF_S)  # not straight back into the same full disk
 
     def _heartbeat(self, ctx: JobContext) -> None:
         interval = min(2.0, max(0.5, self.settings.job_lease_s / 3))  # also how fast a cancel is seen

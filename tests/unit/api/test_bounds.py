@@ -115,3 +115,9 @@ def test_export_time_bounds(env):
     r = c.post("/v1/files", headers=h, json={"purpose": "fine-tune", "source": {
         "type": "stored_completions", "created_after": 10**15}})
     assert_400(r, "source.created_after")
+
+
+@pytest.mark.parametrize("path", ["/v1/fine_tuning/jobs", "/v1/evals", "/v1/files", "/v1/batches"])
+def test_an_unknown_after_cursor_on_a_list_is_400_naming_after(env, path):
+    c, h = env[0], env[1]
+    assert_400(c.get(path, headers=h, params={"after": "no-such-id"}), "after")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
-from llmaas.api.openapi import EVAL_LINKS, READING, WRITING
+from llmaas.api.openapi import EVAL_LINKS, LISTING, READING, WRITING
 from llmaas.api.responses import served_models
 from llmaas.control.cursors import int_cursor
 from llmaas.control.jobs import evals
@@ -39,7 +39,7 @@ def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict
     return out
 
 
-@router.get("", responses=READING)
+@router.get("", responses=LISTING)
 def list_evals(request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=100)) -> dict:
     with _cp(request).db.session() as s:

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
-from llmaas.api.openapi import FILE_CONTENT, FILE_LINKS, LISTING, READING, UPLOAD_BODY, WRITING
+from llmaas.api.openapi import FILE_CONTENT, FILE_LINKS, LISTING, READING, UPLOAD_BODY, UPLOADING, WRITING
 from llmaas.control.data.files import FileService, FileUpload, file_dict
 from llmaas.control.paging import page
 from llmaas.core.errors import InvalidRequestError
@@ -24,7 +24,7 @@ def _files(request: Request) -> FileService:
     return control_plane(request, "Files").files
 
 
-@router.post("/v1/files", responses={**WRITING, **FILE_LINKS}, openapi_extra=UPLOAD_BODY)
+@router.post("/v1/files", responses={**UPLOADING, **FILE_LINKS}, openapi_extra=UPLOAD_BODY)
 async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query
-from llmaas.api.openapi import JOB_LINKS, READING, WRITING
+from llmaas.api.openapi import JOB_LINKS, LISTING, READING, WRITING
 from llmaas.api.responses import served_models
 from llmaas.control.jobs import fine_tuning as ft
 from llmaas.control.paging import page
@@ -35,7 +35,7 @@ def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> d
     return out
 
 
-@router.get("/jobs", responses=READING)
+@router.get("/jobs", responses=LISTING)
 def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
               limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
     """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""

@@ -80,7 +80,7 @@ def get(s: Session, ctx: Context, eval_id: str) -> Job:
 
 
 def list_evals(s: Session, ctx: Context, *, after: str | None, limit: int) -> tuple[list[Job], bool]:
-    return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit)
+    return newest_first(s, ctx.principal.tenant_id, KIND, after=after, limit=limit)
 
 
 def items(s: Session, ctx: Context, eval_id: str, *, model: str | None, after: int | None,

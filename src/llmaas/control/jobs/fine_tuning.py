@@ -113,7 +113,7 @@ def list_jobs(s: Session, ctx: Context, *, after: str | None, limit: int,
               metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
     keep = (lambda j: all((j.spec.get("metadata") or {}).get(k) == v for k, v in metadata.items())) \
         if metadata else None
-    return newest_first(s, ctx.principal.tenant_id, KIND, after=get(s, ctx, after) if after else None, limit=limit,
+    return newest_first(s, ctx.principal.tenant_id, KIND, after=after, limit=limit,
                         keep=keep)
 
 

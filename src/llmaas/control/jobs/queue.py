@@ -19,7 +19,7 @@ from llmaas.control.auth.principal import SPENDERS, Context
 from llmaas.control.clock import utcnow
 from llmaas.control.db.database import Database
 from llmaas.control.db.models import Job, JobEvent
-from llmaas.control.paging import keyset_page
+from llmaas.control.paging import cursor_row, keyset_page
 from llmaas.core.errors import InvalidRequestError
 
 ACTIVE = ("validating_files", "queued", "running")
@@ -32,13 +32,16 @@ def _claimable(now):
                 or_(Job.lease_owner.is_(None), Job.lease_expires_at < now))
 
 
-def newest_first(s: Session, tenant_id: str, kind: str, *, after: Job | None, limit: int,
+def newest_first(s: Session, tenant_id: str, kind: str, *, after: str | None, limit: int,
                  keep: Callable[[Job], bool] | None = None) -> tuple[list[Job], bool]:
-    """A page of a tenant's jobs of one kind, newest first, after the job `after`; `keep` filters (in Python,
-    read in chunks). Returns (jobs, more)."""
+    """A page of a tenant's jobs of one kind, newest first, after the job with id `after` (a 400 naming `after`
+    when that is not one of them, as for files and batches); `keep` filters (in Python, read in chunks).
+    Returns (jobs, more)."""
     stmt = select(Job).where(Job.kind == kind, Job.tenant_id == tenant_id)
-    return keyset_page(s, stmt, (Job.created_at, Job.id), after=None if after is None else (after.created_at, after.id),
-                       limit=limit, order="desc", keep=keep)
+    cursor = cursor_row(s, Job, after, (Job.created_at, Job.id),
+                        visible=lambda j: j.kind == kind and j.tenant_id == tenant_id,
+                        error=f"'after' is not the id of one of your jobs of this kind: {after}")
+    return keyset_page(s, stmt, (Job.created_at, Job.id), after=cursor, limit=limit, order="desc", keep=keep)
 
 
 def new_job(s: Session, *, prefix: str, kind: str, tenant_id: str, key_id: str | None, status: str,
