@@ -75,6 +75,15 @@ def parse_line(n: int, raw: bytes, endpoint: str, seen: set[str]) -> LineRecord:
     return LineRecord(n, custom_id, body)
 
 
+# As OpenAI's Batch API: a batch holds at most this many requests, so validating one is bounded in memory and time.
+MAX_BATCH_LINES = 50_000
+
+
+def count_lines(data: bytes) -> int:
+    """Non-blank lines of an input file, counted without parsing them."""
+    return sum(1 for raw in data.split(b"\n") if raw.strip())
+
+
 def parse_lines(data: bytes, endpoint: str) -> list[LineRecord]:
     """Every non-blank line of an input file, valid or not (blank lines are skipped but keep their number)."""
     seen: set[str] = set()

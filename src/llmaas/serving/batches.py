@@ -35,7 +35,7 @@ from llmaas.control.jobs.batches import BatchStore, LineTaken
 from llmaas.control.plane import ControlPlane
 from llmaas.core.config import Settings
 from llmaas.core.errors import LlmaasError, OverloadedError, RateLimitError, error_body
-from llmaas.protocol.batches import parse_lines, request_of
+from llmaas.protocol.batches import MAX_BATCH_LINES, count_lines, parse_lines, request_of
 from llmaas.serving.chat import ServingChat
 from llmaas.serving.completions import ServingCompletion
 from llmaas.serving.embeddings import ServingEmbedding
@@ -143,6 +143,10 @@ class BatchRunner:
             data = await asyncio.to_thread(self.cp.files.read_all, batch.tenant_id, batch.input_file_id)
         except LlmaasError:
             return await self._fail(batch, "invalid_file", f"The input file {batch.input_file_id} no longer exists.")
+        n = await asyncio.to_thread(count_lines, data)
+        if n > MAX_BATCH_LINES:
+            return await self._fail(batch, "too_many_lines", f"The input file has {n} requests; a batch holds at "
+                                    f"most {MAX_BATCH_LINES}. Split it into several batches.")
         lines = await asyncio.to_thread(parse_lines, data, batch.endpoint)
         if not lines:
             return await self._fail(batch, "empty_file", "The input file has no lines.")

@@ -268,3 +268,13 @@ def test_an_expired_batch_fails_its_pending_lines(env):
     b = wait(sdk["one"], b.id)
     assert b.status == "expired" and b.expired_at and b.request_counts.failed == 2
     assert {e["error"]["code"] for e in lines_of(sdk["one"], b.error_file_id)} == {"batch_expired"}
+
+
+def test_a_batch_over_the_line_limit_fails_validation_without_running_a_line(env, monkeypatch):
+    from llmaas.serving import batches as runner
+
+    monkeypatch.setattr(runner, "MAX_BATCH_LINES", 3)
+    _, sdk, _ = env
+    b = wait(sdk["one"], submit(sdk["one"], [chat_line(str(i)) for i in range(4)]).id)
+    assert b.status == "failed" and b.errors.data[0].code == "too_many_lines", b
+    assert "at most 3" in b.errors.data[0].message and b.request_counts.total == 0
