@@ -120,6 +120,13 @@ def _load(s: LiveServer, key: str, seconds: float, during: callable) -> list[htt
     return out
 
 
+def _cut(relay: Relay, *, after_s: float, for_s: float) -> None:
+    time.sleep(after_s)
+    relay.cut()
+    time.sleep(for_s)
+    relay.restore()
+
+
 def _tenant_key(s: LiveServer, **limits: int) -> str:
     tenant = s.admin("POST", "/tenants", json={"name": "outage", "limits": limits})["id"]
     return s.admin("POST", f"/tenants/{tenant}/keys", json={"name": "k", "role": "member"})["key"]
@@ -150,13 +157,7 @@ def test_postgres_down_for_10_s_under_load(tmp_path, pg_url):
     try:
         key = _tenant_key(s)
 
-        def outage() -> None:
-            time.sleep(2)
-            relay.cut()
-            time.sleep(10)
-            relay.restore()
-
-        responses = _load(s, key, 18, outage)
+        responses = _load(s, key, 18, lambda: _cut(relay, after_s=2, for_s=10))
         statuses = _check(responses, "database_unavailable")
         assert statuses[503] > 0 and statuses[200] > 0, statuses  # the outage was felt, and lived through
         assert all(r.status_code == 200 for r in responses[-8:])  # back once the database is
@@ -180,13 +181,7 @@ def test_redis_down_fails_closed_with_503_and_recovers(tmp_path):
     try:
         key = _tenant_key(s, rpm=1_000_000)  # limited: every request takes a place in Redis
 
-        def outage() -> None:
-            time.sleep(2)
-            relay.cut()
-            time.sleep(5)
-            relay.restore()
-
-        responses = _load(s, key, 12, outage)
+        responses = _load(s, key, 12, lambda: _cut(relay, after_s=2, for_s=5))
         statuses = _check(responses, "rate_limiter_unavailable")
         assert statuses[503] > 0 and statuses[200] > 0, statuses
         assert all(r.status_code == 200 for r in responses[-8:])

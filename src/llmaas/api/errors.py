@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from collections.abc import Sequence
@@ -10,14 +9,12 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 from llmaas.core.errors import DependencyUnavailableError, InsufficientStorageError, LlmaasError, error_body
+from llmaas.core.outages import DATABASE, RATE_LIMITER, STORAGE, outage_code
+from llmaas.core.outages import KINDS as OUTAGE_KINDS
 
 log = logging.getLogger("llmaas.api")
 
@@ -31,17 +28,16 @@ async def send_error(send: Send, status: int, body: dict, headers: Sequence[tupl
     await send({"type": "http.response.body", "body": payload})
 
 
-def _dependency_down(exc: BaseException) -> LlmaasError | None:
-    """The 503 for a database or Redis that does not answer (refused, reset, timed out, pool exhausted): a
-    transaction that failed was rolled back, and rate limits fail closed rather than unlimited. A full disk: 507."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated):
-        return DependencyUnavailableError("The database is unavailable; nothing was changed. Retry shortly.",
-                                          "database_unavailable")
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+def _outage_error(exc: BaseException) -> LlmaasError | None:
+    """The 503 for a database or Redis that does not answer (rate limits fail closed rather than unlimited), the
+    507 for a full disk; None for anything else."""
+    code = outage_code(exc)
+    if code == DATABASE:
+        return DependencyUnavailableError("The database is unavailable; nothing was changed. Retry shortly.", code)
+    if code == RATE_LIMITER:
         return DependencyUnavailableError("Rate limits cannot be checked right now (Redis does not answer); "
-                                          "retry shortly.", "rate_limiter_unavailable", retry_after_s=2)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                                          "retry shortly.", code, retry_after_s=2)
+    if code == STORAGE:
         return InsufficientStorageError("The server is out of disk space; nothing was stored. Retry later, or ask "
                                         "the operator to free space.")
     return None
@@ -49,7 +45,7 @@ def _dependency_down(exc: BaseException) -> LlmaasError | None:
 
 def to_envelope(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     """(status, body, headers) for any exception; unknown ones become a generic 500 without details."""
-    down = _dependency_down(exc)
+    down = _outage_error(exc)
     if down is not None:
         log.warning("%s: %s", down.code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         exc = down
@@ -103,8 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     # Handled here rather than by the catch-all below, which Starlette re-raises (a traceback in the log for what
     # is an outage to report, not a bug).
-    for kind in (OperationalError, InterfaceError, DBAPIError, PoolTimeoutError, RedisConnectionError,
-                 RedisTimeoutError, OSError):
+    for kind in OUTAGE_KINDS:
         app.add_exception_handler(kind, _as_envelope)
 
     @app.exception_handler(Exception)

@@ -7,7 +7,6 @@ leaves the lease to lapse, with the same result after `job_lease_s`."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -17,7 +16,6 @@ import threading
 from collections.abc import Mapping
 
 from sqlalchemy import update
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from llmaas.control.billing.budgets import Budgets
 from llmaas.control.billing.catalog import Catalog
@@ -28,6 +26,7 @@ from llmaas.control.db.database import Database
 from llmaas.control.db.models import Job
 from llmaas.control.jobs.queue import JobQueue
 from llmaas.core.config import Settings
+from llmaas.core.outages import outage_code
 from llmaas.workers.context import Handler, JobContext, JobFailed
 
 log = logging.getLogger("llmaas.worker")
@@ -35,15 +34,6 @@ log = logging.getLogger("llmaas.worker")
 # from its last checkpoint once the condition clears, until it has been tried this many times in all.
 MAX_ATTEMPTS_ON_OUTAGE = 5
 OUTAGE_BACKOFF_S = 10.0
-
-
-def outage(e: BaseException) -> str | None:
-    """What a job met that is no fault of the job: a code for its event, else None."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "insufficient_storage"
-    if isinstance(e, OperationalError | InterfaceError):
-        return "database_unavailable"
-    return None
 
 
 class Worker:
@@ -108,7 +98,7 @@ class Worker:
             self.queue.set_status(job.id, self.id, "failed",
                                   error={"code": f.code, "message": f.message, "param": f.param})
         except Exception as e:
-            code = outage(e)
+            code = outage_code(e)
             if code is not None and job.attempts < MAX_ATTEMPTS_ON_OUTAGE:
                 paused = True
                 log.warning("job %s paused (%s: %s); handed back to resume from its last checkpoint", job.id, code, e)

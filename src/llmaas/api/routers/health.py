@@ -25,8 +25,7 @@ async def ready(request: Request) -> JSONResponse:
     """Readiness: 503 until every model is loaded, and while the server drains to stop."""
     engines = request.app.state.engines
     states = {name: e.healthy() for name, e in engines.items()}
-    drain = getattr(request.app.state, "drain", None)
-    if drain is not None and drain.draining:
+    if request.app.state.drain.draining:
         return JSONResponse({"status": "draining", "models": states}, status_code=503)
     ok = bool(engines) and all(states.values())
     return JSONResponse({"status": "ready" if ok else "not_ready", "models": states}, status_code=200 if ok else 503)
