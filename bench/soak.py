@@ -19,9 +19,8 @@ Checks (PASS/FAIL per line, exit 1 on any FAIL), over both phases:
   - every refusal is a 429 or a 503 with a Retry-After header; no other 4xx/5xx; no transport errors;
   - every stream that ended cleanly carried its usage chunk;
   - usage (GET /v1/usage of the tenant, grouped by status, after up to 10 s for the meter to flush): the records
-    not "rejected" == the accepted requests (cut ones included: they are billed for what they produced), and the
-    "rejected" ones (0 tokens) == the 503 server_overloaded refusals, whose ticket the server opens before the
-    engine refuses (so totals.requests = accepted + those 503s; 429s from rate limits leave no record), or none;
+    == the accepted requests exactly (cut ones included: they are billed for what they produced); a refusal, 429
+    or 503, leaves none;
   - with the server's SQLite file at hand, every request id (sent as x-request-id) pairs with its record;
   - server RSS after the run <= 1.2x the baseline; open fds <= baseline + 5 within 10 s of the run's end;
   - /metrics llmaas:num_requests_running and llmaas:num_requests_waiting back to 0.
@@ -314,8 +313,7 @@ def new_tenant(url: str, admin_key: str, name: str, limits: dict[str, Any] | Non
 
 
 def usage_totals(url: str, key: str) -> dict[str, Any]:
-    """The key's tenant's /v1/usage totals, plus `by_status`: records per status ("rejected": refused after the
-    ticket was opened, e.g. a 503 for capacity, metered with 0 tokens)."""
+    """The key's tenant's /v1/usage totals, plus `by_status`: records per status (ok, error, cancelled)."""
     r = httpx.get(f"{url}/v1/usage", headers={"Authorization": f"Bearer {key}"}, params={"group_by": "status"},
                   timeout=30)
     r.raise_for_status()
@@ -360,7 +358,7 @@ def records_vs_outcomes(db: Path, outcomes: dict[str, str]) -> dict[str, Any]:
     for rid, outcome in outcomes.items():
         got = records.get(rid, [])
         table[f"{outcome} -> {'+'.join(got) or 'no record'}"] += 1
-        if (outcome in _ACCEPTED) != (len(got) == 1 and got[0] != "rejected") or len(got) > 1:
+        if (outcome in _ACCEPTED) != (len(got) == 1) or len(got) > 1:
             odd.append(f"{rid}: client {outcome!r}, records {got}")
     odd += [f"{rid}: records {st} for a request the client did not send" for rid, st in records.items()
             if rid not in outcomes]
@@ -417,16 +415,10 @@ def soak(url: str, admin_key: str, pid: int, *, clients: int, duration: float, w
     total = warm.merge(run)
     log(f"run done in {run.seconds:.1f} s: {run.accepted} accepted, {sum(run.refusals.values())} refused")
 
-    # Every accepted request is one record, and so is every capacity refusal (its ticket was opened before the
-    # engine said no); 429s from rate limits are refused before a ticket exists.
-    capacity_refused = total.refusal_codes["503 server_overloaded"]
-    expected = total.accepted + capacity_refused
-
-    def served(u: dict[str, Any]) -> int:
-        return sum(n for st, n in u["by_status"].items() if st != "rejected")
-
-    usage = poll(lambda: usage_totals(url, key), lambda u: served(u) >= total.accepted, 10)
-    time.sleep(1.0)  # a surplus, or the last refusals' records, may still be on their way: look once more
+    # Every accepted request is one record; a refusal (429 for a rate limit, 503 for capacity) bills nothing and
+    # records nothing.
+    usage = poll(lambda: usage_totals(url, key), lambda u: u["requests"] >= total.accepted, 10)
+    time.sleep(1.0)  # a surplus may still be on its way: look once more
     usage = usage_totals(url, key)
     by_status = usage["by_status"]
     g = poll(lambda: gauges(url, admin_key), lambda x: not any(x.values()), 10)
@@ -455,15 +447,9 @@ def soak(url: str, admin_key: str, pid: int, *, clients: int, duration: float, w
               f"{total.transport_errors} before a status line, {total.cut_before_status} requests given up on "
               f"before theirs"),
         Check("clean streams carry the usage chunk", total.missing_usage == 0, f"{total.missing_usage} without"),
-        Check("usage records of accepted requests == accepted", served(usage) == total.accepted,
-              f"{served(usage)} records not 'rejected' ({by_status}) vs {total.accepted} accepted "
-              f"({warm.accepted} warm-up + {run.accepted} run)"),
-        # The server meters each capacity 503 as a 0-token "rejected" record today; one that stopped doing so would
-        # meter none: either way all or nothing, never some.
-        Check("usage records 'rejected' == 503 capacity refusals (or none)",
-              by_status.get("rejected", 0) in (capacity_refused, 0),
-              f"{by_status.get('rejected', 0)} vs {capacity_refused}; /v1/usage totals.requests {usage['requests']} "
-              f"(accepted {total.accepted} + capacity refusals {capacity_refused} = {expected})"),
+        Check("usage records == accepted requests", usage["requests"] == total.accepted,
+              f"{usage['requests']} records ({by_status}) vs {total.accepted} accepted "
+              f"({warm.accepted} warm-up + {run.accepted} run); {sum(total.refusals.values())} refusals"),
         Check(f"server RSS after <= {RSS_RATIO_MAX}x baseline", rss_ratio <= RSS_RATIO_MAX,
               f"{after['rss'] / 2**20:.1f} / {base['rss'] / 2**20:.1f} MiB = {rss_ratio:.3f}x"),
         Check(f"open fds back to <= baseline + {FD_SLACK}", after["fds"] <= base["fds"] + FD_SLACK,

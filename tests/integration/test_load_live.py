@@ -1,7 +1,7 @@
 """A CI-sized soak (bench/soak.py's core) on a real `llmaas serve` with small capacity, so that refusals really
 happen: every refusal a 429/503 with Retry-After, no accepted stream refused for capacity afterwards, every accepted
-stream terminated, every accepted request metered exactly once (and each 503 for capacity as one "rejected" record
-of 0 tokens), and nothing left running, waiting or open."""
+stream terminated, every accepted request metered exactly once and no refused one metered at all, and nothing left
+running, waiting or open."""
 
 from __future__ import annotations
 

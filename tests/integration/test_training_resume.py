@@ -1,9 +1,11 @@
-"""Crash-resume of a LoRA run: a run killed with SIGKILL right after a checkpoint and resumed from it ends
-with the same adapter as an uninterrupted run (same seed); cancel stops within one step; a resume with a
-different job is refused. Tiny runs: a dozen short chats, a few steps."""
+"""Crash-resume of a LoRA run: a run killed with SIGKILL right after a checkpoint, or stopped by a full disk
+while writing one, and resumed from the last complete checkpoint ends with the same adapter as an uninterrupted
+run (same seed); cancel stops within one step; a resume with a different job is refused. Tiny runs: a dozen
+short chats, a few steps."""
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -53,10 +55,29 @@ train(SFTConfig(**json.loads(sys.argv[1])), TrainHooks(on_checkpoint=on_checkpoi
 """
 
 
-def test_resume_after_kill_equals_uninterrupted_run(base_cache: Path, tmp_path: Path):
-    full = train(SFTConfig(**job(base_cache, tmp_path / "full")))
-    assert full.status == "succeeded" and full.step == full.total_steps == 6
+@pytest.fixture(scope="module")
+def full(base_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The uninterrupted run every interrupted one must equal."""
+    result = train(SFTConfig(**job(base_cache, tmp_path_factory.mktemp("full"))))
+    assert result.status == "succeeded" and result.step == result.total_steps == 6
+    return result
 
+
+def assert_same_adapter(full, resumed) -> None:
+    assert resumed.status == "succeeded" and resumed.step == 6
+    assert resumed.trained_tokens == full.trained_tokens
+    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) == 7 * 30 * 2
+    initial_b = [k for k in a if "lora_B" in k]
+    assert all(a[k].abs().max() > 0 for k in initial_b)  # B starts at zero: training moved every adapter
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-5)
+    assert resumed.metrics["valid_loss"] == pytest.approx(full.metrics["valid_loss"], rel=1e-5)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(full, base_cache: Path, tmp_path: Path):
     crashed = tmp_path / "crashed"
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, json.dumps(job(base_cache, crashed))],
                           capture_output=True, text=True, timeout=300)
@@ -68,19 +89,8 @@ def test_resume_after_kill_equals_uninterrupted_run(base_cache: Path, tmp_path: 
     steps: list[int] = []
     resumed = train(SFTConfig(**job(base_cache, crashed), resume_from=ckpt),
                     TrainHooks(on_event=events.append, on_metrics=lambda s, m: steps.append(s)))
-    assert resumed.status == "succeeded" and resumed.step == 6
     assert any("resumed from" in e for e in events) and steps[0] == 3
-    assert resumed.trained_tokens == full.trained_tokens
-
-    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
-    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and len(a) == 7 * 30 * 2
-    initial_b = [k for k in a if "lora_B" in k]
-    assert all(a[k].abs().max() > 0 for k in initial_b)  # B starts at zero: training moved every adapter
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
-    assert resumed.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=1e-5)
-    assert resumed.metrics["valid_loss"] == pytest.approx(full.metrics["valid_loss"], rel=1e-5)
+    assert_same_adapter(full, resumed)
 
     # Older checkpoints were pruned (keep 2), and a checkpoint cannot seed a different job.
     assert [p.name for p in (crashed / "checkpoints").iterdir()] and not ckpt.exists()
@@ -99,3 +109,34 @@ def test_cancel_stops_within_one_step(base_cache: Path, tmp_path: Path):
     assert len(beats) >= 2  # at least one per micro-batch
     assert result.adapter_dir is None and result.last_checkpoint is None
     assert not (tmp_path / "cancel" / "adapter").exists()
+
+
+def test_a_full_disk_while_checkpointing_leaves_the_last_checkpoint_to_resume_from(
+        full, base_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The disk fills while step 4's checkpoint is written: the run stops with ENOSPC (which the worker treats as
+    an outage: hand the job back, resume later), no partial checkpoint is left where a resume would look, and
+    resuming from step 2 ends where the uninterrupted run did."""
+    from llmaas.training import checkpoint as ckpt_mod
+
+    real_save = ckpt_mod.torch.save
+
+    def save(obj, f, *a, **kw):
+        if ".tmp-step-00000004-" in str(f):
+            Path(f).write_bytes(b"half a checkpoint")  # the write got this far before the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    out = tmp_path / "disk-full"
+    monkeypatch.setattr(ckpt_mod.torch, "save", save)
+    with pytest.raises(OSError) as caught:
+        train(SFTConfig(**job(base_cache, out)))
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+
+    left = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert left == ["step-00000002"], left  # the temporary step-4 directory is gone, step 2 is whole
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-00000002"
+    assert not (out / "adapter").exists()
+
+    resumed = train(SFTConfig(**job(base_cache, out), resume_from=latest_checkpoint(out)))
+    assert_same_adapter(full, resumed)

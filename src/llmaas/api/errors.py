@@ -60,10 +60,26 @@ def sse_error(exc: BaseException) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    # Drop pydantic's union-branch tags ("str", "list[TextPart]") to name the field the user wrote.
-    parts = [p for p in parts if not any(c in p for c in "[]") and p not in ("str", "int", "float")]
+def _child(node: object, key: object) -> object:
+    if isinstance(node, dict):
+        return node.get(key)
+    if isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+        return node[key]
+    return None
+
+
+def _param_of(loc: tuple, body: object = None) -> str | None:
+    """The field as the user wrote it, walking the body along pydantic's location: without union-branch tags
+    ("str", "list[TextPart]") nor a tagged union's tag (`task.classification.prompt_template` is
+    `task.prompt_template`: the body there has no `classification` key, its `type` is that)."""
+    node = body if loc[:1] == ("body",) else None
+    parts: list[str] = []
+    for p in loc[1:] if loc[:1] in (("body",), ("query",), ("path",)) else loc:
+        if isinstance(node, dict) and p not in node and node.get("type") == p:
+            continue
+        node = _child(node, p)
+        if not any(c in str(p) for c in "[]") and p not in ("str", "int", "float"):
+            parts.append(str(p))
     return ".".join(parts) or None
 
 
@@ -81,11 +97,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        param = _param_of(tuple(first.get("loc", ())))
+        param = _param_of(tuple(first.get("loc", ())), exc.body)
         if first.get("type") == "json_invalid":
             msg, param = "The request body is not valid JSON.", None
         else:
-            msg = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+            why = str(first.get("msg")).removeprefix("Value error, ")
+            msg = f"Invalid value for '{param}': {why}" if param else why
         return JSONResponse(error_body(msg, "invalid_request_error", param, "invalid_value"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -6,7 +6,9 @@ escapes, and then every response that contains them fails to encode as UTF-8 (a 
 that tenant's list). NUL is valid Unicode but PostgreSQL text columns refuse it. So this pure-ASGI middleware
 refuses, with a 400 naming the field the way OpenAI does (`messages[0].content`, `metadata.k`):
 
-* JSON bodies that are not UTF-8, or hold a lone surrogate anywhere, or NUL outside free-text fields;
+* JSON bodies that are not UTF-8, or hold a lone surrogate anywhere, or NUL outside free-text fields, or nest
+  arrays and objects deeper than MAX_JSON_DEPTH (a parser, a validator and every later reader recurses once per
+  level: deep enough, that is a RecursionError in whichever of them meets it first);
 * query strings and path segments that are not UTF-8 after percent-decoding, or hold NUL;
 * JSON (and other non-multipart) bodies over `LLMAAS_MAX_REQUEST_BYTES` (413), judged from Content-Length and
   again while a chunked body streams in. Multipart uploads keep their own limit (LLMAAS_MAX_FILE_BYTES).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -38,6 +41,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # that pass documents through as they are): the value of these keys, or list items under them.
 _FREE_TEXT = frozenset({"content", "text", "prompt", "input"})
 _MARK = "~invalid~"  # stands in for an undecodable path segment while finding which parameter holds it
+# Deeper than any request of the API needs: a structured-output schema at OpenAI's limit of 10 nested objects
+# is about 25 levels of JSON.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # +1 / -1 once one is taken away
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class BadInput(Exception):
@@ -78,11 +87,23 @@ def find_bad_text(value: Any, path: list[str | int] | None = None) -> None:
             find_bad_text(v, [*path, i])
 
 
+def json_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, brackets inside strings not counted: strings go by a regex,
+    everything but brackets by a translate, so only the brackets themselves are walked."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit: the common case costs two counts
+    steps = _JSON_STRING.sub(b"", body).translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(b - 1 for b in steps), default=0)
+
+
 def check_json_body(body: bytes) -> None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput("The request body is not valid UTF-8.", None) from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise BadInput(f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels.", None,
+                       code="too_deeply_nested")
     if not _SUSPECT.search(body):
         return
     try:

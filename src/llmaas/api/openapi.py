@@ -108,10 +108,11 @@ FILE_LINKS = _links("file", "file_id", [("get", "/v1/files/{file_id}"), ("get", 
                                         ("delete", "/v1/files/{file_id}")],
                     {"post /v1/fine_tuning/jobs": ["training_file"], "post /v1/evals": ["file_id"],
                      "post /v1/batches": ["input_file_id"]})
-JOB_LINKS = _links("job", "job_id", [("get", "/v1/fine_tuning/jobs/{job_id}"),
-                                     ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"),
-                                     ("get", "/v1/fine_tuning/jobs/{job_id}/events"),
-                                     ("get", "/v1/fine_tuning/jobs/{job_id}/checkpoints")], {})
+JOB_LINKS = _links("job", "fine_tuning_job_id", [("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}"),
+                                                 ("post", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel"),
+                                                 ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"),
+                                                 ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")],
+                   {})
 EVAL_LINKS = _links("eval", "eval_id", [("get", "/v1/evals/{eval_id}"), ("post", "/v1/evals/{eval_id}/cancel"),
                                         ("get", "/v1/evals/{eval_id}/items"), ("get", "/v1/evals/{eval_id}/events")],
                     {})

@@ -41,7 +41,8 @@ def validated(model: type[M], raw: dict, hidden: tuple[str, ...] = ()) -> M:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"] if p not in hidden)
-        raise InvalidRequestError(f"Invalid value for '{field}': {err['msg']}", param=field) from None
+        why = err["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(f"Invalid value for '{field}': {why}", param=field) from None
 
 
 async def json_object(request: Request, me: Visitor, model: type[M], blank: tuple[str, ...] = (), **fixed) -> M:
@@ -56,10 +57,11 @@ async def json_object(request: Request, me: Visitor, model: type[M], blank: tupl
     if not isinstance(raw, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     raw = {k: v for k, v in raw.items() if k not in blank or v}
+    body = {**raw, **fixed}
     try:
-        return model.model_validate({**raw, **fixed})
+        return model.model_validate(body)
     except ValidationError as e:
-        raise RequestValidationError(e.errors()) from None
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()], body=body) from None
 
 
 async def store_upload(request: Request, me: Visitor, file: UploadFile, purpose: str) -> StoredFile:

@@ -66,16 +66,28 @@ class ModelNotFoundError(LlmaasError):
         )
 
 
-class ModelNotReadyError(LlmaasError):
-    """The model is in the catalog and being loaded (or unloaded): retry shortly."""
+class RetryLaterError(LlmaasError):
+    """Refused for now, not for what the request says: a 503 (or 507) with the `Retry-After` the client waits."""
 
     status_code = 503
     error_type = "server_error"
-    code = "model_not_ready"
+    retry_after_s = 1
 
-    def __init__(self, model: str, state: str, retry_after_s: int = 5) -> None:
+    def __init__(self, message: str, code: str | None = None, *, retry_after_s: int | None = None,
+                 param: str | None = None) -> None:
+        wait = self.retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(message, param=param, code=code, headers={"Retry-After": str(wait)})
+
+
+class ModelNotReadyError(RetryLaterError):
+    """The model is in the catalog and being loaded (or unloaded): retry shortly."""
+
+    code = "model_not_ready"
+    retry_after_s = 5
+
+    def __init__(self, model: str, state: str, retry_after_s: int | None = None) -> None:
         super().__init__(f"The model '{model}' is {state}; retry in a few seconds.", param="model",
-                         headers={"Retry-After": str(retry_after_s)})
+                         retry_after_s=retry_after_s)
 
 
 ENDPOINTS = {"chat": "chat completions (/v1/chat/completions)", "completions": "completions (/v1/completions)",
@@ -101,45 +113,29 @@ class InsufficientMemoryError(LlmaasError):
     code = "insufficient_memory"
 
 
-class OverloadedError(LlmaasError):
-    status_code = 503
-    error_type = "server_error"
+class OverloadedError(RetryLaterError):
     code = "server_overloaded"
 
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
-
-class EngineUnavailableError(LlmaasError):
+class EngineUnavailableError(RetryLaterError):
     """The model's engine is not running (it stopped, or is being restarted): retry, or alert an operator."""
 
-    status_code = 503
-    error_type = "server_error"
     code = "engine_unavailable"
-
-    def __init__(self, message: str, retry_after_s: int = 2) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 2
 
 
-class DependencyUnavailableError(LlmaasError):
+class DependencyUnavailableError(RetryLaterError):
     """A service the request needs (the database, Redis) does not answer: nothing was half-done; retry."""
 
-    status_code = 503
-    error_type = "server_error"
-
-    def __init__(self, message: str, code: str, retry_after_s: int = 5) -> None:
-        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 5
 
 
-class InsufficientStorageError(LlmaasError):
+class InsufficientStorageError(RetryLaterError):
     """The disk is full: what the request was writing was removed, nothing is half-stored."""
 
     status_code = 507
-    error_type = "server_error"
     code = "insufficient_storage"
-
-    def __init__(self, message: str, retry_after_s: int = 60) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 60
 
 
 class EngineError(LlmaasError):

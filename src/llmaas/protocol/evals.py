@@ -19,20 +19,19 @@ def check_prompt_template(template: str) -> str:
     """Only `{field}` placeholders (and `{{`/`}}` escapes). str.format would also run format specs
     (`{text:>200000000}` builds a 200 MB string), conversions (`{text!r}`) and attribute or index access
     (`{text.__class__}`, a way into Python objects): none of them is refused at run time, so they are
-    refused here, with a 400 naming `prompt_template` (raised as is: pydantic passes non-ValueErrors on)."""
+    refused here: a ValueError, so the 400 names where the template sits (`task.prompt_template`)."""
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise InvalidRequestError(f"'prompt_template' is not a valid template: {e}.",
-                                  param="prompt_template") from None
+        raise ValueError(f"not a valid template: {e}") from None
     for _, name, spec, conversion in parts:
         if name is None:
             continue
         if not name or name.isdigit() or any(c in name for c in ".[]") or spec or conversion:
-            raise InvalidRequestError(
-                "'prompt_template' may only use plain {field} placeholders (no positional fields, attribute or "
-                f"index access, conversions or format specs); found {{{name}{'!' + conversion if conversion else ''}"
-                f"{':' + spec if spec else ''}}}.", param="prompt_template")
+            raise ValueError(
+                "only plain {field} placeholders are allowed (no positional fields, attribute or index access, "
+                f"conversions or format specs); found {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}")
     return template
 
 

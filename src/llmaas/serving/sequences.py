@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-from llmaas.core.errors import EngineError
+from llmaas.core.errors import EngineError, RetryLaterError
 from llmaas.engine.client import EngineClient
 from llmaas.engine.types import GenerationOutput, GenerationRequest, Places, SamplingParams
 from llmaas.serving.models import AnyTicket, Served, Watch
@@ -125,6 +125,11 @@ class Metered:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, RetryLaterError) and not self._gen:
+            # Refused for capacity before a token was made (the engine's own check, or a replica's): like a rate
+            # limit, that bills nothing and records no usage, or a retried batch line would pay for every try.
+            await self.ticket.abandon()
+            return
         if exc_type is None:
             status = self.status or "ok"
         elif issubclass(exc_type, asyncio.CancelledError | GeneratorExit):
@@ -150,8 +155,8 @@ async def run_admitted(ticket: AnyTicket, engine: EngineClient, *, n_sequences: 
     if stream:
         try:
             places = engine.reserve(n_sequences)
-        except Exception:
-            await ticket.settle("rejected")
+        except BaseException:
+            await ticket.abandon()  # refused before it ran: nothing to bill, nothing to record
             raise
         return Served(ticket.headers, stream=chunks(places))
     async with Metered(ticket, prompt_tokens) as meter:

@@ -1,5 +1,6 @@
 """Text is validated once, at the edge: lone surrogates, NUL outside free text, non-UTF-8 bodies, query
-strings and path segments, and oversized JSON bodies are refused with an OpenAI envelope naming the field."""
+strings and path segments, oversized and too deeply nested JSON bodies are refused with an OpenAI envelope
+naming the field."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from llmaas.api.input_guard import MAX_JSON_DEPTH, json_depth
 from tests.unit.conftest import Admin, bearer, make_client
 
 MODEL = "fake-model"
@@ -119,7 +121,7 @@ def test_non_utf8_body_is_400(env):
     ("/v1/chat/completions?metadata%5Bk%5D=%c3", "metadata[k]"),
     ("/v1/files/%ff", "file_id"),
     ("/v1/files/file-%00/content", "file_id"),
-    ("/v1/fine_tuning/jobs/%ed%a0%80/events", "job_id"),
+    ("/v1/fine_tuning/jobs/%ed%a0%80/events", "fine_tuning_job_id"),
 ])
 def test_query_and_path_must_be_utf8_without_nul(env, path, param):
     c, key, _ = env
@@ -160,3 +162,33 @@ def test_guard_is_on_without_auth():
     with make_client(auth=False) as c:
         r = raw(c, "/v1/completions", f'{{"model": "{MODEL}", "prompt": "{LONE}"}}')
         assert_400(r, "prompt")
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/fine_tuning/jobs", "/v1/evals"])
+def test_nesting_deeper_than_the_limit_is_refused_before_anything_parses_it(env, path):
+    # 2,000 levels: enough for a RecursionError in the JSON parser (a 500 without the guard).
+    c, key, _ = env
+    r = raw(c, path, f'{{"model": "{MODEL}", "metadata": {{"k": {nested(2000)}}}}}', key)
+    assert_400(r, None)
+    assert r.json()["error"]["code"] == "too_deeply_nested" and str(MAX_JSON_DEPTH) in r.json()["error"]["message"]
+
+
+def test_nesting_at_the_limit_and_brackets_inside_strings_pass_the_guard(env):
+    c, key, _ = env
+    at_limit = f'{{"model": "{MODEL}", "metadata": {{"k": {nested(MAX_JSON_DEPTH - 2)}}}}}'  # the route decides
+    r = raw(c, "/v1/chat/completions", at_limit, key)
+    assert r.status_code == 400 and r.json()["error"]["code"] != "too_deeply_nested", r.text
+    text = json.dumps("[{" * 60 + '\\"[')  # brackets and an escaped quote inside a string are text
+    body = f'{{"model": "{MODEL}", "max_tokens": 2, "messages": [{{"role": "user", "content": {text}}}]}}'
+    r = raw(c, "/v1/chat/completions", body, key)
+    assert r.status_code == 200, r.text
+
+
+def test_json_depth_counts_only_structure():
+    assert json_depth(nested(MAX_JSON_DEPTH + 6).encode()) == MAX_JSON_DEPTH + 6
+    assert json_depth(json.dumps({"a": "[" * 500, "b": [[[1]]] * 30}).encode()) == 4
+    assert json_depth(json.dumps(["\\", "\"[[[", [1]] * 40).encode()) == 2

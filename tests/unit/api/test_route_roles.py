@@ -89,9 +89,9 @@ BATCH_ROWS = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/co
                                   "max_tokens": 2}}).encode() + b"\n"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 # Which kind of object a path parameter names (a route may say otherwise in Route.params).
-PARAM_KINDS = {"tenant_id": "tenant", "key_id": "key", "file_id": "file", "job_id": "job", "eval_id": "eval",
-               "batch_id": "batch", "completion_id": "completion", "response_id": "response", "model": "model",
-               "model_id": "loaded"}
+PARAM_KINDS = {"tenant_id": "tenant", "key_id": "key", "file_id": "file", "job_id": "job",
+               "fine_tuning_job_id": "job", "eval_id": "eval", "batch_id": "batch", "completion_id": "completion",
+               "response_id": "response", "model": "model"}
 
 
 def _ok(r: httpx.Response) -> dict:
@@ -233,7 +233,7 @@ ROUTES: dict[str, Route] = {
     "GET /metrics": Route(METRICS),
     # -- models and inference --
     "GET /v1/models": Route(ANY_KEY),
-    "GET /v1/models/{model_id:path}": Route(ANY_KEY),
+    "GET /v1/models/{model:path}": Route(ANY_KEY, params={"model": "loaded"}),
     "POST /v1/chat/completions": Route(SPEND, _json(CHAT)),
     "POST /v1/completions": Route(SPEND, _json({"model": "fake-model", "prompt": "hi", "max_tokens": 2})),
     "POST /v1/embeddings": Route(SPEND, _json({"model": "fake-model", "input": "hi"})),
@@ -256,10 +256,10 @@ ROUTES: dict[str, Route] = {
     "POST /v1/fine_tuning/jobs": Route(CREATE_FROM, lambda w: {"json": {
         "model": "fake-model", "training_file": w.ids["file"]}}),
     "GET /v1/fine_tuning/jobs": Route(ANY_KEY),
-    "GET /v1/fine_tuning/jobs/{job_id}": Route(READ),
-    "POST /v1/fine_tuning/jobs/{job_id}/cancel": Route(CHANGE, destroys=True),
-    "GET /v1/fine_tuning/jobs/{job_id}/events": Route(READ),
-    "GET /v1/fine_tuning/jobs/{job_id}/checkpoints": Route(READ),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}": Route(READ),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route(CHANGE, destroys=True),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route(READ),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route(READ),
     # -- evals --
     "POST /v1/evals": Route(CREATE_FROM, lambda w: {"json": {
         "model": "fake-model", "file_id": w.ids["evals_file"], "task": {"type": "classification"}}}),
@@ -464,6 +464,9 @@ def test_route_answers_each_caller_as_the_table_says(world: World, key: str, rol
                      {k: _ghost(v, world.first_tenant_ids) for k, v in send.items()}, fresh)
         assert (g.status_code, _error_code(g)) == (r.status_code, _error_code(r)), (
             f"a made-up id got {g.status_code} {g.text[:200]}, the real one {r.status_code} {r.text[:200]}")
+        if not path.startswith("/console"):  # the 404 names the parameter that holds the id it did not find
+            named = {*re.findall(r"\{(\w+)(?::\w+)?\}", path), *send.get("params", {}), *send.get("json", {})}
+            assert r.json()["error"]["param"] in named, f"{method} {url}: a 404 naming {r.text[:300]}, not {named}"
     if role == OTHER and 200 <= r.status_code < 300:
         leaked = sorted(i for i in world.first_tenant_ids if i in r.text)
         assert not leaked, f"{method} {url} showed another tenant the first tenant's {leaked}"

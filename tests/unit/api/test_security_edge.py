@@ -150,10 +150,10 @@ def test_eval_prompt_template_allows_plain_fields_only(env, template):
     c, h, _, fid = env
     task = {"type": "classification", "labels": ["a", "b"], "prompt_template": template}
     r = c.post("/v1/evals", headers=h, json={"model": "fake-model", "file_id": fid, "task": task})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_template", r.text
+    assert r.status_code == 400 and r.json()["error"]["param"] == "task.prompt_template", r.text
     r = c.post("/v1/fine_tuning/jobs", headers=h, json={"model": "fake-model", "training_file": fid,
                                                         "eval": {"file_id": fid, "task": task}})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_template", r.text
+    assert r.status_code == 400 and r.json()["error"]["param"] == "eval.task.prompt_template", r.text
 
 
 def test_eval_template_runtime_substitution_is_plain():

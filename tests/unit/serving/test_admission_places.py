@@ -69,9 +69,31 @@ def test_more_concurrent_streams_than_places_get_a_503_first_or_a_whole_stream(n
         assert _stream_n(c, 99, 1)[0] == 200  # every place came back
 
 
-def _stream_n(c, i: int, n: int) -> tuple[int, str | None, str]:
+def _stream_n(c, i: int, n: int, stream: bool = True) -> tuple[int, str | None, str]:
     r = c.post("/v1/chat/completions", json={
-        "model": "fake-model", "stream": True, "max_tokens": 12, "n": n,
+        "model": "fake-model", "stream": stream, "max_tokens": 12, "n": n,
         "messages": [{"role": "user", "content": f"hello {i}"}]})
     return r.status_code, r.headers.get("retry-after"), r.text
 
+
+
+def test_a_request_refused_for_capacity_is_neither_billed_nor_recorded():
+    # 1 slot + 1 queued against 32 concurrent chats, streamed and not: every 200 is one usage record with its
+    # tokens, and a 503 leaves none (a batch line retried after 503s would otherwise pay for every try).
+    with make_client(max_queued=1, n_slots=1, s_per_token=0.01) as c:
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda i: _stream_n(c, i, 1, stream=i % 2 == 0)[0], range(32)))
+        ok, refused = statuses.count(200), statuses.count(503)
+        assert ok and refused and ok + refused == len(statuses), statuses
+
+        def usage() -> dict:
+            return c.get("/v1/usage", params={"group_by": "status"}).json()
+
+        deadline = time.monotonic() + 5
+        while usage()["totals"]["requests"] < ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything more would have been flushed by now
+        report = usage()
+        assert report["totals"]["requests"] == ok, report
+        assert {row["status"] for row in report["data"]} == {"ok"}, report
+        assert report["totals"]["completion_tokens"] == ok * 12, report  # each accepted chat ran to max_tokens

@@ -46,32 +46,32 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
         return page([ft.job_dict(j) for j in rows], more)
 
 
-@router.get("/jobs/{job_id}", responses=READING)
-def get_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
+@router.get("/jobs/{fine_tuning_job_id}", responses=READING)
+def get_job(fine_tuning_job_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        return ft.job_dict(ft.get(s, ctx, job_id))
+        return ft.job_dict(ft.get(s, ctx, fine_tuning_job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", responses=WRITING)
-def cancel_job(job_id: str, request: Request, ctx: CurrentContext) -> dict:
-    return _cp(request).jobs.cancel(ctx, job_id, ft.get, ft.job_dict, what=f"Job {job_id}",
+@router.post("/jobs/{fine_tuning_job_id}/cancel", responses=WRITING)
+def cancel_job(fine_tuning_job_id: str, request: Request, ctx: CurrentContext) -> dict:
+    return _cp(request).jobs.cancel(ctx, fine_tuning_job_id, ft.get, ft.job_dict, what=f"Job {fine_tuning_job_id}",
                                     param="fine_tuning_job_id")
 
 
-@router.get("/jobs/{job_id}/events", responses=READING)
-def job_events(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+@router.get("/jobs/{fine_tuning_job_id}/events", responses=READING)
+def job_events(fine_tuning_job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=1000)) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        rows, more = ft.events(s, ctx, job_id, after=after, limit=limit)
+        rows, more = ft.events(s, ctx, fine_tuning_job_id, after=after, limit=limit)
         return page([ft.event_dict(e) for e in rows], more)
 
 
-@router.get("/jobs/{job_id}/checkpoints", responses=READING)
-def job_checkpoints(job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
+@router.get("/jobs/{fine_tuning_job_id}/checkpoints", responses=READING)
+def job_checkpoints(fine_tuning_job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                     limit: int = Query(default=10, ge=1, le=100)) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
-        rows, more = ft.checkpoints(s, ctx, job_id, after=after, limit=limit)
+        rows, more = ft.checkpoints(s, ctx, fine_tuning_job_id, after=after, limit=limit)
         return page([ft.checkpoint_dict(c) for c in rows], more)

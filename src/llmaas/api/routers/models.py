@@ -64,14 +64,14 @@ async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model_id:path}", responses=READING)
-async def get_model(model_id: str, request: Request, principal: CurrentPrincipal) -> dict:
+@router.get("/v1/models/{model:path}", responses=READING)
+async def get_model(model: str, request: Request, principal: CurrentPrincipal) -> dict:
     served = served_models(request)
-    if model_id.startswith("ft:") and request.app.state.control is not None:
+    if model.startswith("ft:") and request.app.state.control is not None:
         for m in await asyncio.to_thread(_owned, request, principal):
-            if m.id == model_id and served.visible(m.id, principal):
+            if m.id == model and served.visible(m.id, principal):
                 return _tenant_model_obj(served, m)
-        raise ModelNotFoundError(model_id)
-    if model_id not in _listed(served) or not served.visible(model_id, principal):
-        raise ModelNotFoundError(model_id)
-    return _model_obj(served, model_id)
+        raise ModelNotFoundError(model)
+    if model not in _listed(served) or not served.visible(model, principal):
+        raise ModelNotFoundError(model)
+    return _model_obj(served, model)

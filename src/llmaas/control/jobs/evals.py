@@ -100,7 +100,10 @@ def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
         raise InvalidRequestError("'ids' must list 1 to 20 eval ids, comma separated.", param="ids")
     rows, columns = [], []
     for eid in ids:
-        j = get(s, ctx, eid)
+        try:
+            j = get(s, ctx, eid)
+        except NotFoundError as e:
+            raise NotFoundError(e.message, param="ids") from None
         results = (j.result or {}).get("models") or {}
         for m in j.spec["models"]:
             summary = (results.get(m) or {}).get("summary") or {}

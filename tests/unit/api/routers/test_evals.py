@@ -133,7 +133,7 @@ def test_invalid_file_fails_the_eval_with_the_line(env):
     ({"model": "gpt-4o"}, 404, "model"),
     ({"file_id": "file-nope"}, 400, "file_id"),
     ({"task": {"type": "ranking"}}, 400, "task"),
-    ({"task": {"type": "classification", "labels": ["a", "a"]}}, 400, "task.classification.labels"),
+    ({"task": {"type": "classification", "labels": ["a", "a"]}}, 400, "task.labels"),
     ({"max_rows": 0}, 400, "max_rows"),
 ])
 def test_bad_parameters(env, body, status, param):
