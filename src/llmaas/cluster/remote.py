@@ -89,7 +89,8 @@ class RemoteEngine:
         """Capacity is the replicas' (and Serve's queue bound, max_queued_requests, answered with 503)."""
 
     def reserve(self, n: int = 1) -> Places:
-        """Nothing to hold here: a replica's own admission decides, and a stream it refuses ends in an error frame."""
+        """Nothing to hold here: a replica's own admission decides. A stream's first chunk is made before its
+        status line (serving.sequences.started), so a replica's refusal is still a 503, not an error frame."""
         return Places(n)
 
     def _call(self, adapter: str | None, stream: bool = False) -> Any:

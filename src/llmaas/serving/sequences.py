@@ -158,7 +158,28 @@ async def run_admitted(ticket: AnyTicket, engine: EngineClient, *, n_sequences: 
         except BaseException:
             await ticket.abandon()  # refused before it ran: nothing to bill, nothing to record
             raise
-        return Served(ticket.headers, stream=chunks(places))
+        return Served(ticket.headers, stream=await started(chunks(places)))
     async with Metered(ticket, prompt_tokens) as meter:
         work = fold(meter)
         return Served(ticket.headers, body=await (watch(work) if watch is not None else work))
+
+
+async def started(chunks: AsyncGenerator[dict, None]) -> AsyncGenerator[dict, None]:
+    """`chunks` with its first chunk already made, so that what refuses a stream at its start is raised before
+    the 200 status line rather than sent as an error frame after it: an engine replica at capacity (a remote
+    engine's places are its replicas' to give, not this process's), a grammar that does not compile."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return chunks
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return _chain(first, chunks)
+
+
+async def _chain(first: dict, rest: AsyncGenerator[dict, None]) -> AsyncGenerator[dict, None]:
+    async with aclosing(rest):  # closing this closes the stream, which aborts its sequences
+        yield first
+        async for chunk in rest:
+            yield chunk

@@ -47,10 +47,14 @@ async def test_places_a_stream_never_took_lapse(monkeypatch):
         await engine.shutdown()
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_more_concurrent_streams_than_places_get_a_503_first_or_a_whole_stream(n):
+@pytest.mark.parametrize(("n", "holds_places"), [(1, True), (2, True), (1, False)])
+def test_more_concurrent_streams_than_places_get_a_503_first_or_a_whole_stream(n, holds_places):
     # 2 slots + 2 queued = 4 places; 40 concurrent streams of n choices each, each step slow enough to overlap.
+    # Without held places (a remote engine: its replicas admit each sequence themselves) the stream's first chunk
+    # is made before the status line, so a replica's refusal is still a 503 first.
     with make_client(max_queued=2, n_slots=2, s_per_token=0.01) as c:
+        if not holds_places:
+            c.app.state.engines["fake-model"].reserve = lambda n=1: Places(0)
         with ThreadPoolExecutor(40) as pool:
             results = list(pool.map(lambda i: _stream_n(c, i, n), range(40)))
         ok = [text for status, _, text in results if status == 200]
