@@ -1,10 +1,13 @@
 """SIGTERM on a real `llmaas serve` (real SmolLM2): new requests get 503 + Retry-After and /ready turns 503 while
 the accepted streams run to their end; the process exits cleanly, and after a restart every accepted request is
-in the usage records. Past the drain deadline the streams still open are cut, and what they produced is billed."""
+in the usage records. Past the drain deadline the streams still open are cut, and what they produced is billed.
+A fine-tuning job running at the SIGTERM is handed back, not failed, and the restarted server resumes it from its
+last checkpoint."""
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.data import data_bytes
 from tests.integration.conftest import ADMIN_KEY, MODEL, LiveServer
 
 pytestmark = pytest.mark.integration
@@ -104,5 +108,47 @@ def test_past_the_drain_deadline_open_streams_are_cut_and_billed_for_what_they_p
         assert _usage_requests(s) == before + 2
         usage = httpx.get(f"{s.url}/v1/usage", headers=HEADERS, timeout=30).json()["totals"]
         assert 0 < usage["completion_tokens"] < 2 * 1500
+    finally:
+        s.stop()
+
+
+def _job(s: LiveServer, job_id: str) -> dict:
+    return httpx.get(f"{s.url}/v1/fine_tuning/jobs/{job_id}", headers=HEADERS, timeout=30).json()
+
+
+def test_sigterm_hands_a_running_fine_tuning_job_back_and_the_restarted_server_resumes_it(tmp_path: Path):
+    env = {"LLMAAS_CHECKPOINT_EVERY": "2", "LLMAAS_JOB_LEASE_S": "6"}
+    s = LiveServer(tmp_path, "--max-seqs", "2", env=env)
+    try:
+        f = httpx.post(f"{s.url}/v1/files", headers=HEADERS, timeout=60, data={"purpose": "fine-tune"},
+                       files={"file": ("chats.jsonl", data_bytes("chitchat", "train", 32))}).json()
+        job = httpx.post(f"{s.url}/v1/fine_tuning/jobs", headers=HEADERS, timeout=60, json={
+            "model": MODEL, "training_file": f["id"], "seed": 3, "method": {"type": "supervised", "supervised": {
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4}}}}).json()  # 8 steps, a checkpoint every 2
+        deadline = time.monotonic() + 300
+        while not httpx.get(f"{s.url}/v1/fine_tuning/jobs/{job['id']}/checkpoints", headers=HEADERS,
+                            timeout=30).json()["data"]:
+            assert time.monotonic() < deadline and _job(s, job["id"])["status"] in ("validating_files", "queued",
+                                                                                  "running"), _job(s, job["id"])
+            time.sleep(0.3)
+        assert _job(s, job["id"])["status"] == "running"
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0  # a clean exit: the worker stopped at its next step and handed the job back
+    finally:
+        s.stop()
+    with sqlite3.connect(tmp_path / "data" / "llmaas.db") as db:  # while no server runs: handed back, not failed
+        status, owner = db.execute("SELECT status, lease_owner FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+    assert status == "running" and owner is None, (status, owner)  # no lease: the next worker claims it at once
+
+    s = LiveServer(tmp_path, "--max-seqs", "2", env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while (j := _job(s, job["id"]))["status"] not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, j
+            time.sleep(0.5)
+        assert j["status"] == "succeeded", j
+        events = httpx.get(f"{s.url}/v1/fine_tuning/jobs/{job['id']}/events", headers=HEADERS,
+                           params={"limit": 500}, timeout=30).json()["data"]
+        assert any("resuming from step-" in e["message"] for e in events), [e["message"] for e in events][:20]
     finally:
         s.stop()

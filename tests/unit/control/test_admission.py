@@ -217,3 +217,46 @@ def test_a_budget_too_small_for_the_very_first_request_keeps_answering_429(admin
         assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
     assert admin.c.patch(f"/v1/admin/tenants/{t}", json={"limits": {"budget_usd": "10"}}).status_code == 200
     assert chat(admin.c, k).status_code == 200
+
+
+def test_budget_holds_come_back_after_refusals_and_clients_that_leave_mid_stream(tmp_path):
+    # 2 slots + 2 queued against 24 concurrent streams under a budget, every other client leaving after a few
+    # chunks: every worst case held at admission is returned (refused, cut or whole), and what the ledger
+    # spends is what the usage records cost.
+    with make_client(data_dir=tmp_path, n_slots=2, max_queued=2, s_per_token=0.005) as c:
+        a = Admin(c)
+        a.price("fake-model", "1000", "1000")
+        t = a.tenant("acme", budget_usd="100.00")
+        _, k = a.key(t)
+        outcomes: list[str] = []
+
+        def client(i: int) -> None:
+            body = {"model": "fake-model", "stream": True, "max_tokens": 40,
+                    "messages": [{"role": "user", "content": f"hi {i}"}]}
+            with c.stream("POST", "/v1/chat/completions", json=body, headers=bearer(k)) as r:
+                if r.status_code != 200:
+                    outcomes.append(str(r.status_code))
+                    return
+                for n, _ in enumerate(r.iter_lines()):
+                    if i % 2 and n > 4:
+                        outcomes.append("left")
+                        return
+                outcomes.append("whole")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert "503" in outcomes and "left" in outcomes and "whole" in outcomes, outcomes
+
+        grants = c.app.state.control.budgets.grants
+        deadline = time.monotonic() + 5
+        while any(g.held for g in grants._by_id.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)  # a cut stream settles once the server has seen its client leave
+        assert grants._by_id and [g.held for g in grants._by_id.values()] == [0] * len(grants._by_id)
+        _wait_flushed(a)
+        usage = c.get("/v1/usage", headers=bearer(k)).json()["totals"]
+        assert usage["requests"] == outcomes.count("left") + outcomes.count("whole")
+        budget = c.get(f"/v1/admin/tenants/{t}").json()["budget"]
+        assert Decimal(budget["spent_usd"]) == Decimal(usage["cost_usd"]) > 0, (budget, usage)
