@@ -12,6 +12,19 @@ from fastapi import APIRouter, Query, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.openapi import LISTING, READING, WRITING
+from llmaas.api.schemas import (
+    AUDIT_LIST,
+    KEY,
+    KEY_LIST,
+    KEY_WITH_BUDGET,
+    KEY_WITH_SECRET,
+    TENANT,
+    TENANT_DELETED,
+    TENANT_LIST,
+    USAGE_REPORT,
+    merge,
+    ok,
+)
 from llmaas.control.auth import audit, tenants
 from llmaas.control.auth.keys import key_dict
 from llmaas.control.auth.principal import Context, Limits
@@ -35,7 +48,7 @@ def _tenant_out(cp: ControlPlane, s, t) -> dict:
 
 # --- tenants ---
 
-@router.post("/tenants", responses=WRITING)
+@router.post("/tenants", responses=merge(WRITING, ok(TENANT)))
 def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -44,21 +57,21 @@ def create_tenant(body: TenantCreate, request: Request, ctx: CurrentContext) -> 
         return _tenant_out(cp, s, t)
 
 
-@router.get("/tenants", responses=LISTING)
+@router.get("/tenants", responses=merge(LISTING, ok(TENANT_LIST)))
 def list_tenants(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return page([_tenant_out(cp, s, t) for t in tenants.list_visible(s, ctx)], False)
 
 
-@router.get("/tenants/{tenant_id}", responses=READING)
+@router.get("/tenants/{tenant_id}", responses=merge(READING, ok(TENANT)))
 def get_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return _tenant_out(cp, s, tenants.get_visible(s, ctx, tenant_id))
 
 
-@router.patch("/tenants/{tenant_id}", responses=WRITING)
+@router.patch("/tenants/{tenant_id}", responses=merge(WRITING, ok(TENANT)))
 def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -71,7 +84,7 @@ def update_tenant(tenant_id: str, body: TenantUpdate, request: Request, ctx: Cur
     return out
 
 
-@router.delete("/tenants/{tenant_id}", responses=WRITING)
+@router.delete("/tenants/{tenant_id}", responses=merge(WRITING, ok(TENANT_DELETED)))
 def delete_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -82,7 +95,7 @@ def delete_tenant(tenant_id: str, request: Request, ctx: CurrentContext) -> dict
 
 # --- keys ---
 
-@router.post("/tenants/{tenant_id}/keys", responses=WRITING)
+@router.post("/tenants/{tenant_id}/keys", responses=merge(WRITING, ok(KEY_WITH_SECRET)))
 def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -91,14 +104,14 @@ def create_key(tenant_id: str, body: KeyCreate, request: Request, ctx: CurrentCo
         return key_dict(k, secret)
 
 
-@router.get("/tenants/{tenant_id}/keys", responses=READING)
+@router.get("/tenants/{tenant_id}/keys", responses=merge(READING, ok(KEY_LIST)))
 def list_keys(tenant_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return page([key_dict(k) for k in cp.keys.list(s, ctx, tenant_id)], False)
 
 
-@router.get("/tenants/{tenant_id}/keys/{key_id}", responses=READING)
+@router.get("/tenants/{tenant_id}/keys/{key_id}", responses=merge(READING, ok(KEY_WITH_BUDGET)))
 def get_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -106,7 +119,7 @@ def get_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) 
         return {**key_dict(k), "budget": cp.budgets.status(s, "key", k.id, Limits.of(k))}
 
 
-@router.patch("/tenants/{tenant_id}/keys/{key_id}", responses=WRITING)
+@router.patch("/tenants/{tenant_id}/keys/{key_id}", responses=merge(WRITING, ok(KEY)))
 def update_key(tenant_id: str, key_id: str, body: KeyUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     sent = body.model_dump(exclude_unset=True)
@@ -117,14 +130,14 @@ def update_key(tenant_id: str, key_id: str, body: KeyUpdate, request: Request, c
         return key_dict(k)
 
 
-@router.delete("/tenants/{tenant_id}/keys/{key_id}", responses=WRITING)
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", responses=merge(WRITING, ok(KEY)))
 def revoke_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return key_dict(cp.keys.revoke(s, ctx, tenant_id, key_id))
 
 
-@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", responses=WRITING)
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", responses=merge(WRITING, ok(KEY_WITH_SECRET)))
 def rotate_key(tenant_id: str, key_id: str, request: Request, ctx: CurrentContext,
                body: KeyRotate | None = None) -> dict:
     cp = _cp(request)
@@ -144,7 +157,7 @@ def usage_report(request: Request, ctx: Context, tenant_id: str | None, start_da
                                model=model, key_id=key_id)
 
 
-@router.get("/usage", responses=READING)
+@router.get("/usage", responses=merge(READING, ok(USAGE_REPORT)))
 def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = None,
                 start_date: date | None = None, end_date: date | None = None,
                 group_by: list[str] = Query(default=[]), model: str | None = None,
@@ -153,7 +166,7 @@ def admin_usage(request: Request, ctx: CurrentContext, tenant_id: str | None = N
     return usage_report(request, ctx, tenant_id, start_date, end_date, group_by, model, key_id)
 
 
-@router.get("/audit", responses=READING)
+@router.get("/audit", responses=merge(READING, ok(AUDIT_LIST)))
 def audit_log(request: Request, ctx: CurrentContext, tenant_id: str | None = None, action: str | None = None,
               actor_key_id: str | None = None, target_id: str | None = None,
               since: int | None = Query(default=None, ge=0, le=MAX_UNIX_TIME, description="Unix seconds"),

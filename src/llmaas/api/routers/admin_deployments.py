@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.openapi import LISTING, READING, WRITING
 from llmaas.api.routers.admin_models import unload_model
+from llmaas.api.schemas import DEPLOYMENT, DEPLOYMENT_DELETED, DEPLOYMENT_LIST, merge, ok
 from llmaas.control.model_catalog import Entry
 from llmaas.core.errors import InvalidRequestError
 from llmaas.protocol.admin import DeploymentUpdate
@@ -23,20 +24,20 @@ def _deployments(request: Request) -> Deployments:
     return request.app.state.deployments
 
 
-@router.get("/deployments", responses=LISTING)
+@router.get("/deployments", responses=merge(LISTING, ok(DEPLOYMENT_LIST)))
 async def list_deployments(request: Request, ctx: CurrentContext) -> dict:
     ctx.principal.require()
     d = _deployments(request)
     return {"object": "list", "mode": d.mode, "ingress": d.ingress(), "data": await d.list()}
 
 
-@router.get("/deployments/{model:path}", responses=READING)
+@router.get("/deployments/{model:path}", responses=merge(READING, ok(DEPLOYMENT)))
 async def get_deployment(model: str, request: Request, ctx: CurrentContext) -> dict:
     ctx.principal.require()
     return await _deployments(request).get(model)
 
 
-@router.put("/deployments/{model:path}", responses=WRITING)
+@router.put("/deployments/{model:path}", responses=merge(WRITING, ok(DEPLOYMENT)))
 async def update_deployment(model: str, body: DeploymentUpdate, request: Request, ctx: CurrentContext) -> dict:
     ctx.principal.require()
     deployments = _deployments(request)
@@ -58,7 +59,7 @@ async def update_deployment(model: str, body: DeploymentUpdate, request: Request
     return await deployments.update(model, store)
 
 
-@router.delete("/deployments/{model:path}", responses=WRITING)
+@router.delete("/deployments/{model:path}", responses=merge(WRITING, ok(DEPLOYMENT_DELETED)))
 async def delete_deployment(model: str, request: Request, ctx: CurrentContext) -> dict:
     """Remove the model's deployment: the same as unloading it (POST /v1/admin/models/{id}/unload)."""
     ctx.principal.require()

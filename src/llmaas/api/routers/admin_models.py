@@ -11,6 +11,15 @@ from fastapi import APIRouter, Request
 
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.openapi import LISTING, READING, WRITING
+from llmaas.api.schemas import (
+    CATALOG_MODEL,
+    CATALOG_MODEL_LIST,
+    CATALOG_MODEL_OR_PRICE,
+    MODEL_DELETED,
+    MODEL_PRICE,
+    merge,
+    ok,
+)
 from llmaas.control.auth.principal import Context
 from llmaas.control.billing.catalog import price_dict
 from llmaas.control.model_catalog import Entry
@@ -54,7 +63,7 @@ def _set_prices(cp: ControlPlane, s, ctx, model: str, body: ModelRegister | Mode
         cp.catalog.set_price(s, ctx, model, **sent)
 
 
-@router.get("/models", responses=LISTING)
+@router.get("/models", responses=merge(LISTING, ok(CATALOG_MODEL_LIST)))
 def list_models(request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -62,7 +71,7 @@ def list_models(request: Request, ctx: CurrentContext) -> dict:
         return page([_model_out(request, cp, s, e) for e in cp.models.entries()], False)
 
 
-@router.post("/models", responses=WRITING)
+@router.post("/models", responses=merge(WRITING, ok(CATALOG_MODEL)))
 async def register_model(body: ModelRegister, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -101,7 +110,7 @@ def _out(request: Request, cp: ControlPlane, model_id: str) -> dict:
         return _model_out(request, cp, s, Entry.of(cp.models.get(s, model_id)))
 
 
-@router.get("/models/{model:path}", responses=READING)
+@router.get("/models/{model:path}", responses=merge(READING, ok(CATALOG_MODEL_OR_PRICE)))
 def get_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -111,7 +120,7 @@ def get_model(model: str, request: Request, ctx: CurrentContext) -> dict:
         return _model_out(request, cp, s, Entry.of(cp.models.get(s, model)))
 
 
-@router.put("/models/{model:path}", responses=WRITING)
+@router.put("/models/{model:path}", responses=merge(WRITING, ok(MODEL_PRICE)))
 def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
@@ -121,7 +130,7 @@ def set_price(model: str, body: PriceSet, request: Request, ctx: CurrentContext)
         return price_dict(p)
 
 
-@router.patch("/models/{model:path}", responses=WRITING)
+@router.patch("/models/{model:path}", responses=merge(WRITING, ok(CATALOG_MODEL)))
 def update_model(model: str, body: ModelUpdate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     changes = body.model_dump(exclude_unset=True, exclude=set(_PRICES))
@@ -133,7 +142,7 @@ def update_model(model: str, body: ModelUpdate, request: Request, ctx: CurrentCo
         return _model_out(request, cp, s, e)
 
 
-@router.post("/models/{model:path}/load", responses=WRITING)
+@router.post("/models/{model:path}/load", responses=merge(WRITING, ok(CATALOG_MODEL)))
 async def load_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -143,7 +152,7 @@ async def load_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     return await asyncio.to_thread(_out, request, cp, model)
 
 
-@router.post("/models/{model:path}/unload", responses=WRITING)
+@router.post("/models/{model:path}/unload", responses=merge(WRITING, ok(CATALOG_MODEL)))
 async def unload_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()
@@ -153,7 +162,7 @@ async def unload_model(model: str, request: Request, ctx: CurrentContext) -> dic
     return await asyncio.to_thread(_out, request, cp, model)
 
 
-@router.delete("/models/{model:path}", responses=WRITING)
+@router.delete("/models/{model:path}", responses=merge(WRITING, ok(MODEL_DELETED)))
 async def delete_model(model: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     ctx.principal.require()

@@ -7,13 +7,14 @@ from fastapi import APIRouter, Request, Response
 from llmaas.api.deps import CurrentPrincipal, request_id
 from llmaas.api.openapi import GENERATING, STREAMED
 from llmaas.api.responses import disconnect_watch, respond, served_models
+from llmaas.api.schemas import TEXT_COMPLETION, merge, ok
 from llmaas.protocol.openai import CompletionRequest
 from llmaas.serving.completions import ServingCompletion
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", responses={**GENERATING, **STREAMED})
+@router.post("/v1/completions", responses=merge(GENERATING, STREAMED, ok(TEXT_COMPLETION)))
 async def create_completion(body: CompletionRequest, request: Request, response: Response,
                             principal: CurrentPrincipal):
     served = await ServingCompletion(served_models(request)).create(body, principal, request_id(request),

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.openapi import EVAL_LINKS, LISTING, READING, WRITING
 from llmaas.api.responses import served_models
+from llmaas.api.schemas import EVAL, EVAL_COMPARISON, EVAL_ITEM_LIST, EVAL_LIST, JOB_EVENT_LIST, merge, ok
 from llmaas.control.cursors import int_cursor
 from llmaas.control.jobs import evals
 from llmaas.control.jobs import fine_tuning as ft
@@ -21,7 +22,7 @@ def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "Evals")
 
 
-@router.post("", responses={**WRITING, **EVAL_LINKS})
+@router.post("", responses=merge(WRITING, EVAL_LINKS, ok(EVAL)))
 def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     served = served_models(request)
@@ -39,7 +40,7 @@ def create_eval(body: EvalCreate, request: Request, ctx: CurrentContext) -> dict
     return out
 
 
-@router.get("", responses=LISTING)
+@router.get("", responses=merge(LISTING, ok(EVAL_LIST)))
 def list_evals(request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=100)) -> dict:
     with _cp(request).db.session() as s:
@@ -47,24 +48,24 @@ def list_evals(request: Request, ctx: CurrentContext, after: str | None = None,
         return page([evals.eval_dict(j) for j in rows], more)
 
 
-@router.get("/compare", responses=READING)
+@router.get("/compare", responses=merge(READING, ok(EVAL_COMPARISON)))
 def compare_evals(request: Request, ctx: CurrentContext, ids: str = Query(description="comma-separated eval ids")):
     with _cp(request).db.session() as s:
         return evals.compare(s, ctx, [i.strip() for i in ids.split(",") if i.strip()])
 
 
-@router.get("/{eval_id}", responses=READING)
+@router.get("/{eval_id}", responses=merge(READING, ok(EVAL)))
 def get_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
     with _cp(request).db.session() as s:
         return evals.eval_dict(evals.get(s, ctx, eval_id))
 
 
-@router.post("/{eval_id}/cancel", responses=WRITING)
+@router.post("/{eval_id}/cancel", responses=merge(WRITING, ok(EVAL)))
 def cancel_eval(eval_id: str, request: Request, ctx: CurrentContext) -> dict:
     return _cp(request).jobs.cancel(ctx, eval_id, evals.get, evals.eval_dict, what=f"Eval {eval_id}", param="eval_id")
 
 
-@router.get("/{eval_id}/items", responses=READING)
+@router.get("/{eval_id}/items", responses=merge(READING, ok(EVAL_ITEM_LIST)))
 def eval_items(eval_id: str, request: Request, ctx: CurrentContext, model: str | None = None,
                after: str | None = None, limit: int = Query(default=50, ge=1, le=1000)) -> dict:
     """Per-row results of one model (default: the eval's first), in file order; `after` is an item id."""
@@ -74,7 +75,7 @@ def eval_items(eval_id: str, request: Request, ctx: CurrentContext, model: str |
         return page([evals.item_dict(it) for it in rows], more)
 
 
-@router.get("/{eval_id}/events", responses=READING)
+@router.get("/{eval_id}/events", responses=merge(READING, ok(JOB_EVENT_LIST)))
 def eval_events(eval_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                 limit: int = Query(default=20, ge=1, le=1000)) -> dict:
     cp = _cp(request)

@@ -13,6 +13,7 @@ from llmaas.api.completion_store import file_from_source
 from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.multipart import StreamedForm
 from llmaas.api.openapi import FILE_CONTENT, FILE_LINKS, LISTING, READING, UPLOAD_BODY, UPLOADING, WRITING
+from llmaas.api.schemas import FILE, FILE_DELETED, FILE_LIST, merge, ok
 from llmaas.control.data.files import FileService, FileUpload, file_dict
 from llmaas.control.paging import page
 from llmaas.core.errors import InvalidRequestError
@@ -24,7 +25,8 @@ def _files(request: Request) -> FileService:
     return control_plane(request, "Files").files
 
 
-@router.post("/v1/files", responses={**UPLOADING, **FILE_LINKS}, openapi_extra=UPLOAD_BODY)
+@router.post("/v1/files", responses=merge(UPLOADING, FILE_LINKS, ok(FILE)),
+             openapi_extra=UPLOAD_BODY)
 async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
     if request.headers.get("content-type", "").partition(";")[0].strip().lower() == "application/json":
@@ -53,7 +55,7 @@ async def upload_file(request: Request, ctx: CurrentContext) -> dict:
     return file_dict(f)
 
 
-@router.get("/v1/files", responses=LISTING)
+@router.get("/v1/files", responses=merge(LISTING, ok(FILE_LIST)))
 def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None, after: str | None = None,
                limit: int = Query(default=100, ge=1, le=10_000), order: Literal["asc", "desc"] = "desc") -> dict:
     service = _files(request)
@@ -62,7 +64,7 @@ def list_files(request: Request, ctx: CurrentContext, purpose: str | None = None
         return page([file_dict(f) for f in rows], more)
 
 
-@router.get("/v1/files/{file_id}", responses=READING)
+@router.get("/v1/files/{file_id}", responses=merge(READING, ok(FILE)))
 def get_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
     service = _files(request)
     with service.db.session() as s:
@@ -84,7 +86,7 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.delete("/v1/files/{file_id}", responses=WRITING)
+@router.delete("/v1/files/{file_id}", responses=merge(WRITING, ok(FILE_DELETED)))
 def delete_file(file_id: str, request: Request, ctx: CurrentContext) -> dict:
     _files(request).delete(ctx, file_id)
     return {"id": file_id, "object": "file", "deleted": True}

@@ -8,6 +8,7 @@ from llmaas.api.deps import CurrentContext, control_plane
 from llmaas.api.listing import metadata_query
 from llmaas.api.openapi import JOB_LINKS, LISTING, READING, WRITING
 from llmaas.api.responses import served_models
+from llmaas.api.schemas import JOB, JOB_CHECKPOINT_LIST, JOB_EVENT_LIST, JOB_LIST, merge, ok
 from llmaas.control.jobs import fine_tuning as ft
 from llmaas.control.paging import page
 from llmaas.control.plane import ControlPlane
@@ -20,7 +21,7 @@ def _cp(request: Request) -> ControlPlane:
     return control_plane(request, "Fine-tuning")
 
 
-@router.post("/jobs", responses={**WRITING, **JOB_LINKS})
+@router.post("/jobs", responses=merge(WRITING, JOB_LINKS, ok(JOB)))
 def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     bases = served_models(request).offering(ctx.principal, "fine_tuning")
@@ -35,7 +36,7 @@ def create_job(body: FineTuneCreate, request: Request, ctx: CurrentContext) -> d
     return out
 
 
-@router.get("/jobs", responses=LISTING)
+@router.get("/jobs", responses=merge(LISTING, ok(JOB_LIST)))
 def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
               limit: int = Query(default=20, ge=1, le=100), metadata: str | None = None) -> dict:
     """`metadata` filters as JSON ({"k": "v"}) — the SDK sends `metadata[k]=v`, read from the query too."""
@@ -46,20 +47,20 @@ def list_jobs(request: Request, ctx: CurrentContext, after: str | None = None,
         return page([ft.job_dict(j) for j in rows], more)
 
 
-@router.get("/jobs/{fine_tuning_job_id}", responses=READING)
+@router.get("/jobs/{fine_tuning_job_id}", responses=merge(READING, ok(JOB)))
 def get_job(fine_tuning_job_id: str, request: Request, ctx: CurrentContext) -> dict:
     cp = _cp(request)
     with cp.db.session() as s:
         return ft.job_dict(ft.get(s, ctx, fine_tuning_job_id))
 
 
-@router.post("/jobs/{fine_tuning_job_id}/cancel", responses=WRITING)
+@router.post("/jobs/{fine_tuning_job_id}/cancel", responses=merge(WRITING, ok(JOB)))
 def cancel_job(fine_tuning_job_id: str, request: Request, ctx: CurrentContext) -> dict:
     return _cp(request).jobs.cancel(ctx, fine_tuning_job_id, ft.get, ft.job_dict, what=f"Job {fine_tuning_job_id}",
                                     param="fine_tuning_job_id")
 
 
-@router.get("/jobs/{fine_tuning_job_id}/events", responses=READING)
+@router.get("/jobs/{fine_tuning_job_id}/events", responses=merge(READING, ok(JOB_EVENT_LIST)))
 def job_events(fine_tuning_job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                limit: int = Query(default=20, ge=1, le=1000)) -> dict:
     cp = _cp(request)
@@ -68,7 +69,7 @@ def job_events(fine_tuning_job_id: str, request: Request, ctx: CurrentContext, a
         return page([ft.event_dict(e) for e in rows], more)
 
 
-@router.get("/jobs/{fine_tuning_job_id}/checkpoints", responses=READING)
+@router.get("/jobs/{fine_tuning_job_id}/checkpoints", responses=merge(READING, ok(JOB_CHECKPOINT_LIST)))
 def job_checkpoints(fine_tuning_job_id: str, request: Request, ctx: CurrentContext, after: str | None = None,
                     limit: int = Query(default=10, ge=1, le=100)) -> dict:
     cp = _cp(request)

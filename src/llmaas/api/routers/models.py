@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from llmaas.api.deps import CurrentPrincipal
 from llmaas.api.openapi import LISTING, READING
 from llmaas.api.responses import served_models
+from llmaas.api.schemas import MODEL, MODEL_LIST, merge, ok
 from llmaas.control.clock import unix
 from llmaas.control.db.models import TenantModel
 from llmaas.control.jobs.fine_tuning import tenant_models
@@ -54,7 +55,7 @@ def _owned(request: Request, principal) -> list[TenantModel]:
         return tenant_models(s, principal.tenant_id)
 
 
-@router.get("/v1/models", responses=LISTING)
+@router.get("/v1/models", responses=merge(LISTING, ok(MODEL_LIST)))
 async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
     served = served_models(request)
     data = [_model_obj(served, m) for m in _listed(served) if served.visible(m, principal)]
@@ -64,7 +65,7 @@ async def list_models(request: Request, principal: CurrentPrincipal) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model:path}", responses=READING)
+@router.get("/v1/models/{model:path}", responses=merge(READING, ok(MODEL)))
 async def get_model(model: str, request: Request, principal: CurrentPrincipal) -> dict:
     served = served_models(request)
     if model.startswith("ft:") and request.app.state.control is not None:
