@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 from typing import Any
 
@@ -15,10 +14,8 @@ from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from llmaas.core.config import Settings
-from llmaas.workers.jobs import HANDLERS
-from llmaas.workers.worker import Worker
-from tests.unit.conftest import ADMIN_KEY, TRAIN, Admin, bearer, make_client
+from tests.unit.api.routers.test_evals import run_worker
+from tests.unit.conftest import TRAIN, Admin, bearer, make_client
 
 # Operations whose 200 is not a JSON object, each with why.
 NOT_JSON = {
@@ -152,7 +149,7 @@ def test_file_job_eval_and_batch_bodies_match_their_schemas(env):
     ev = call("post", "/v1/evals", json={"model": "fake-model", "file_id": data["id"], "name": "n",
                                          "task": {"type": "classification", "labels": ["pos", "neg"],
                                                   "prompt_template": "Review: {text}"}})
-    _run_worker(data_dir)  # the eval, so that its results and items are there
+    run_worker(data_dir)  # the eval, so that its results and items are there
     eid = {"eval_id": ev["id"]}
     got = call("get", "/v1/evals/{eval_id}", at=eid)
     assert got["status"] == "succeeded", got
@@ -243,12 +240,3 @@ def test_a_body_that_lost_a_field_or_names_another_object_is_outside_its_schema(
         Draft202012Validator(list_schema).validate(bad)
     with pytest.raises(ValidationError):
         Draft202012Validator(list_schema).validate({k: v for k, v in listing.items() if k != "has_more"})
-
-
-def _run_worker(data_dir) -> None:
-    """One job, in a thread (the worker installs signal handlers only on the main thread)."""
-    w = Worker(Settings(backend="fake", data_dir=data_dir, admin_key=ADMIN_KEY, job_lease_s=5), HANDLERS)
-    t = threading.Thread(target=w.run, kwargs={"once": True})
-    t.start()
-    t.join(120)
-    assert not t.is_alive()
