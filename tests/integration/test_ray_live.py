@@ -64,10 +64,12 @@ class RayPlatform:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"llmaas serve --ray exited:\n{(tmp / 'serve.log').read_text()[-4000:]}")
             try:
+                # Up means what the tests take as given: the engine replica running, both ingress replicas too
+                # (a replica still starting answers the admin API already).
                 if httpx.get(f"{self.url}/v1/models", headers=HEADERS, timeout=2).status_code == 200 and \
-                        self.deployment()["replicas"]:
+                        running(self.deployment()) and self._ingress_running() == 2:
                     return
-            except (httpx.HTTPError, KeyError):
+            except (httpx.HTTPError, KeyError, AssertionError):  # not answering yet, or not yet with a 200
                 pass
             time.sleep(0.5)
         raise RuntimeError("Ray mode did not come up in 240 s")
@@ -82,6 +84,9 @@ class RayPlatform:
 
     def deployment(self) -> dict:
         return self.admin("GET", f"/deployments/{MODEL}")
+
+    def _ingress_running(self) -> int:
+        return len([i for i in self.admin("GET", "/deployments")["ingress"] if i["state"] == "running"])
 
     def wait(self, what: str, cond, timeout: float = 90.0) -> dict:
         deadline = time.monotonic() + timeout
