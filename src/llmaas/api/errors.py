@@ -83,6 +83,11 @@ def _param_of(loc: tuple, body: object = None) -> str | None:
     return ".".join(parts) or None
 
 
+def validation_message(msg: object) -> str:
+    """pydantic's message for a failed check, without the "Value error, " it puts before a validator's own."""
+    return str(msg).removeprefix("Value error, ")
+
+
 async def _as_envelope(_: Request, exc: Exception) -> JSONResponse:
     status, body, headers = to_envelope(exc)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -101,7 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             msg, param = "The request body is not valid JSON.", None
         else:
-            why = str(first.get("msg")).removeprefix("Value error, ")
+            why = validation_message(first.get("msg"))
             msg = f"Invalid value for '{param}': {why}" if param else why
         return JSONResponse(error_body(msg, "invalid_request_error", param, "invalid_value"), status_code=400)
 

@@ -11,6 +11,7 @@ from fastapi import Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from llmaas.api.errors import validation_message
 from llmaas.api.routers import files as files_api
 from llmaas.console.session import Visitor, check_csrf, context
 from llmaas.control.auth.principal import SPENDERS
@@ -41,8 +42,8 @@ def validated(model: type[M], raw: dict, hidden: tuple[str, ...] = ()) -> M:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"] if p not in hidden)
-        why = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(f"Invalid value for '{field}': {why}", param=field) from None
+        raise InvalidRequestError(f"Invalid value for '{field}': {validation_message(err['msg'])}",
+                                  param=field) from None
 
 
 async def json_object(request: Request, me: Visitor, model: type[M], blank: tuple[str, ...] = (), **fixed) -> M:

@@ -126,8 +126,9 @@ class Metered:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, RetryLaterError) and not self._gen:
-            # Refused for capacity before a token was made (the engine's own check, or a replica's): like a rate
-            # limit, that bills nothing and records no usage, or a retried batch line would pay for every try.
+            # Refused for now (capacity, the engine's own check or a replica's; an outage) before a token was made:
+            # like a rate limit, that bills nothing and records no usage, or a retried batch line would pay for
+            # every try.
             await self.ticket.abandon()
             return
         if exc_type is None:

@@ -72,10 +72,11 @@ def create(s: Session, ctx: Context, *, models: list[str], base_models: list[str
                          "metadata": metadata, "fine_tuning_job_id": fine_tuning_job_id})
 
 
-def get(s: Session, ctx: Context, eval_id: str) -> Job:
+def get(s: Session, ctx: Context, eval_id: str, param: str = "eval_id") -> Job:
+    """The eval, or a 404 naming `param`, the field the caller's id came in."""
     j = s.get(Job, eval_id)
     if j is None or j.kind != KIND or not ctx.principal.can_see_tenant(j.tenant_id):
-        raise NotFoundError(f"No eval with id '{eval_id}'.", param="eval_id")
+        raise NotFoundError(f"No eval with id '{eval_id}'.", param=param)
     return j
 
 
@@ -100,10 +101,7 @@ def compare(s: Session, ctx: Context, ids: list[str]) -> dict:
         raise InvalidRequestError("'ids' must list 1 to 20 eval ids, comma separated.", param="ids")
     rows, columns = [], []
     for eid in ids:
-        try:
-            j = get(s, ctx, eid)
-        except NotFoundError as e:
-            raise NotFoundError(e.message, param="ids") from None
+        j = get(s, ctx, eid, param="ids")
         results = (j.result or {}).get("models") or {}
         for m in j.spec["models"]:
             summary = (results.get(m) or {}).get("summary") or {}
