@@ -63,6 +63,21 @@ PROMPTS: list[str] = [
     "You are a helpful tutor. A student asks: 'Why do we need to learn algebra if calculators exist?' Answer "
     "kindly, with two concrete examples from everyday life.",
 ]
+SYSTEM = ("You are a careful, friendly assistant for a public library. Answer in plain English, keep answers short "
+          "and concrete, say when you are unsure, never invent sources, and suggest one follow-up question the "
+          "reader could ask next. If a question is about opening hours or fees, refer to the front desk.")
+
+
+def prompt_for(i: int, kind: str) -> str:
+    """The i-th request's prompt. builtin: PROMPTS in turn (repeats hit the servers' prompt caches); unique:
+    the same texts behind a per-request nonce, so no two prompts share a prefix; system: one shared system
+    paragraph, then a nonce and the text (the shared part is cacheable, the rest never)."""
+    text = PROMPTS[i % len(PROMPTS)]
+    if kind == "unique":
+        return f"[{secrets.token_hex(4)}] {text}"
+    if kind == "system":
+        return f"{SYSTEM}\n\n[{secrets.token_hex(4)}] {text}"
+    return text
 
 
 @dataclass
@@ -162,7 +177,8 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
     )
 
 
-async def run_level(base: str, endpoint: str, model: str, conc: int, n: int, pid: int | None) -> dict[str, Any]:
+async def run_level(base: str, endpoint: str, model: str, conc: int, n: int, pid: int | None,
+                    prompts: str = "builtin") -> dict[str, Any]:
     url = f"{base}/v1/{'chat/completions' if endpoint == 'chat' else 'completions'}"
     results: list[ReqResult] = []
     counter = iter(range(n))
@@ -170,7 +186,7 @@ async def run_level(base: str, endpoint: str, model: str, conc: int, n: int, pid
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in counter:
-            results.append(await one_request(client, url, payload(endpoint, model, PROMPTS[i % len(PROMPTS)])))
+            results.append(await one_request(client, url, payload(endpoint, model, prompt_for(i, prompts))))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0), limits=limits,
                                  headers=auth_headers()) as client:
@@ -244,9 +260,10 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes] | None, timeout: float =
 
 def server_cmd(name: str, port: int, threads: int, data_dir: str, args: argparse.Namespace) -> list[str]:
     bindir = Path(sys.executable).parent
-    if name == "llama-server":  # llama.cpp's C++ server (scripts/build-llama-server.sh), n slots of 2048 each
+    if name.startswith("llama-server"):  # llama.cpp's C++ server (scripts/build-llama-server.sh), 2048 per slot
         n = args.llama_server_slots
-        return [args.llama_server, "--model", gguf_path(), "--threads", str(threads), "--threads-batch", str(threads),
+        exe = args.llama_server_patched if name == "llama-server-patched" else args.llama_server
+        return [exe, "--model", gguf_path(), "--threads", str(threads), "--threads-batch", str(threads),
                 "--ctx-size", str(2048 * n), "--parallel", str(n), "--port", str(port), "--host", "127.0.0.1"]
     if name == "llmaas":
         exe = bindir / "llmaas"
@@ -297,7 +314,8 @@ class Target:
         print(f"[{self.name}] concurrency {conc}, {n} requests{tag} ...", flush=True)
         try:
             pid = self.proc.pid if self.proc else pid_on_port(self.out["url"])
-            res = asyncio.run(run_level(self.out["url"], self.args.endpoint, self.model, conc, n, pid))
+            res = asyncio.run(run_level(self.out["url"], self.args.endpoint, self.model, conc, n, pid,
+                                        self.args.prompts))
         except Exception as e:
             self.out["error"] = f"{type(e).__name__}: {e}"
             print(f"[{self.name}] FAILED: {self.out['error']}", flush=True)
@@ -420,7 +438,8 @@ def level_ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
 def compute_ratios(targets: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     lm = {lv["concurrency"]: lv for lv in targets.get("llmaas", {}).get("levels", [])}
-    for other, label in (("peer", "peer"), ("llama-server", "llama_server")):
+    for other, label in (("peer", "peer"), ("llama-server", "llama_server"),
+                         ("llama-server-patched", "llama_server_patched")):
         them = {lv["concurrency"]: lv for lv in targets.get(other, {}).get("levels", [])}
         for c in sorted(set(lm) & set(them)):
             out[f"tok_s_llmaas_over_{label}@{c}"] = level_ratio(lm[c], them[c], "tok_s")
@@ -440,10 +459,17 @@ def compute_ratios(targets: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default="llmaas,peer,native",
-                    help="comma list of llmaas, peer, native, llama-server (needs --llama-server)")
+                    help="comma list of llmaas, peer, native, llama-server, llama-server-patched")
     ap.add_argument("--llama-server", default=os.path.expanduser("~/.cache/llmaas/llama-server/bin/llama-server"),
-                    help="llama.cpp's C++ server binary, built by scripts/build-llama-server.sh")
-    ap.add_argument("--llama-server-slots", type=int, default=16, help="its --parallel slots")
+                    help="llama.cpp's C++ server as a user runs it, built by scripts/build-llama-server.sh")
+    ap.add_argument("--llama-server-patched",
+                    default=os.path.expanduser("~/.cache/llmaas/llama-server-patched/bin/llama-server"),
+                    help="the same with llmaas's llama.cpp patches (scripts/build-llama-server.sh --patched): "
+                         "separates what the kernels give from what the scheduler gives")
+    ap.add_argument("--llama-server-slots", type=int, default=32, help="its --parallel slots (llmaas runs 32)")
+    ap.add_argument("--prompts", choices=["builtin", "unique", "system"], default="builtin",
+                    help="builtin: 24 prompts in turn (repeats hit prompt caches); unique: no two requests share "
+                         "a prefix; system: a shared system paragraph, then a unique rest")
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma list of concurrency levels")
     ap.add_argument("--requests", type=int, default=None, help="requests per level [default max(8, 2*c)]")
     ap.add_argument("--quick", action="store_true", help="smoke run: levels 1,4 and few requests")
@@ -464,7 +490,7 @@ def main() -> None:
     concs = [1, 4] if args.quick and args.concurrency == "1,4,16,32" else [int(c) for c in args.concurrency.split(",")]
     levels = [(c, args.requests or (max(2, c) if args.quick else max(8, 2 * c))) for c in concs]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    unknown = [t for t in targets if t not in ("llmaas", "peer", "llama-server", "native")]
+    unknown = [t for t in targets if t not in ("llmaas", "peer", "llama-server", "llama-server-patched", "native")]
     if unknown:
         ap.error(f"unknown target {unknown[0]!r}")
     results: dict[str, Any] = bench_servers([t for t in targets if t != "native"], args, levels)
@@ -472,7 +498,7 @@ def main() -> None:
         print("[native] in-process llama_cpp.Llama streaming ...", flush=True)
         results["native"] = bench_native(args)
 
-    for t in ("llmaas", "peer", "llama-server"):
+    for t in ("llmaas", "peer", "llama-server", "llama-server-patched"):
         if t in results:
             print_table(t, results[t])
     if "native" in results:
@@ -485,7 +511,7 @@ def main() -> None:
     doc = {
         "config": {"max_tokens": MAX_TOKENS, "threads": args.threads, "endpoint": args.endpoint,
                    "levels": [{"concurrency": c, "requests": n} for c, n in levels], "quick": args.quick,
-                   "rounds": args.rounds,
+                   "rounds": args.rounds, "prompt_set": args.prompts, "llama_server_slots": args.llama_server_slots,
                    "gguf": gguf_path(), "prompts": len(PROMPTS), "eos_logit_bias": EOS_BIAS, "ignore_eos": True},
         "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                 "llama_cpp_python": version("llama-cpp-python"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},

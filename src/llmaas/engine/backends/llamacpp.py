@@ -52,6 +52,7 @@ _BENIGN = (
     "n_ctx_seq",  # the KV cache is n_slots x context cells; each sequence stays within context_size
     "using full-size SWA cache",  # Gemma: sliding-window layers keep full-size caches with several sequences
     "control-looking token",  # Gemma's GGUF marks '</s>' as a normal token; llama.cpp fixes the type itself
+    "cannot use buft 'CPU_REPACK'",  # a LoRA tensor stays in plain memory; the base weight it adds to is repacked
 )
 
 
@@ -95,6 +96,7 @@ class LlamaCppRunner:
         threads: int,
         gpu_layers: int = 0,
         vocab_only: bool = False,
+        repack: bool = True,
     ) -> None:
         """vocab_only: the tokenizer and metadata without the weights (an API process that only tokenizes,
         while the model runs elsewhere); such a runner has no context and must not decode."""
@@ -107,6 +109,7 @@ class LlamaCppRunner:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
         mp.vocab_only = vocab_only
+        mp.use_extra_bufts = repack  # weights laid out for the batched CPU kernels (Q4_0, Q4_1, Q8_0, ...)
         self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {self.path}")
