@@ -19,10 +19,9 @@ import pytest
 import llmaas.engine.backends.llamacpp as llamacpp
 from llmaas.core.model_files import bundled_gguf
 from llmaas.engine.backends.llamacpp import LlamaCppRunner
-from llmaas.engine.chat_template import ChatMessage, ChatTemplate
-from llmaas.engine.scoring import ScoreItem
 from llmaas.training.lora_gguf import GGUF_LINEAR, write_random_lora
 from tests.data import data_lines
+from tests.integration.test_scoring_llamacpp import sentiment_items
 
 pytestmark = pytest.mark.integration
 POSITIONS = 320
@@ -157,18 +156,8 @@ def test_with_a_lora_adapter(runners, text_tokens, tmp_path):
 def test_scoring(runners, f32):
     """What evals compute: each label's log-likelihood after a prompt, batched over items."""
     u, r = runners
-    tpl = ChatTemplate(u.chat_template())
+    items = sentiment_items(u, 32)
 
-    def chat(msgs):
-        return tpl.tokenize(msgs, lambda t, sp: u.tokenize(t, special=sp))
-
-    labels = ("positive", "negative")
-    items = []
-    for line in data_lines("rotten_tomatoes", "test", 32):
-        msgs = [ChatMessage("system", "Classify the sentiment as positive or negative."),
-                ChatMessage("user", "Review: " + json.loads(line)["text"])]
-        prefix = chat(msgs)
-        items.append(ScoreItem(prefix, [chat([*msgs, ChatMessage("assistant", lb)])[len(prefix):] for lb in labels]))
     def flat(scores) -> np.ndarray:
         return np.array([[sum(c) for c in item] for item in scores])
 

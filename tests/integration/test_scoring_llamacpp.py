@@ -20,6 +20,22 @@ pytestmark = pytest.mark.integration
 LABELS = ("positive", "negative")
 
 
+def sentiment_items(runner, n: int) -> list[ScoreItem]:
+    """What a classification eval scores: each label after a chat prompt holding one review (rotten_tomatoes)."""
+    tpl = ChatTemplate(runner.chat_template())
+
+    def chat(msgs):
+        return tpl.tokenize(msgs, lambda t, sp: runner.tokenize(t, special=sp))
+
+    out = []
+    for line in data_lines("rotten_tomatoes", "test", n):
+        msgs = [ChatMessage("system", "Classify the sentiment as positive or negative."),
+                ChatMessage("user", "Review: " + json.loads(line)["text"])]
+        prefix = chat(msgs)
+        out.append(ScoreItem(prefix, [chat([*msgs, ChatMessage("assistant", lb)])[len(prefix):] for lb in LABELS]))
+    return out
+
+
 @pytest.fixture(scope="module")
 def runner():
     r = LlamaCppRunner("smollm2", n_slots=2, context_size=1024, max_batch_tokens=256, threads=2)
@@ -29,18 +45,7 @@ def runner():
 
 @pytest.fixture(scope="module")
 def items(runner) -> list[ScoreItem]:
-    tpl = ChatTemplate(runner.chat_template())
-
-    def chat(msgs):
-        return tpl.tokenize(msgs, lambda t, sp: runner.tokenize(t, special=sp))
-
-    out = []
-    for line in data_lines("rotten_tomatoes", "test", 24):
-        msgs = [ChatMessage("system", "Classify the sentiment as positive or negative."),
-                ChatMessage("user", "Review: " + json.loads(line)["text"])]
-        prefix = chat(msgs)
-        out.append(ScoreItem(prefix, [chat([*msgs, ChatMessage("assistant", lb)])[len(prefix):] for lb in LABELS]))
-    return out
+    return sentiment_items(runner, 24)
 
 
 def flat(scores) -> np.ndarray:
