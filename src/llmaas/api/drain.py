@@ -23,6 +23,8 @@ log = logging.getLogger("llmaas.api")
 # Not work, and answered while draining: probes and scrapes must keep working until the process exits.
 OPEN_PATHS = ("/health", "/ready", "/metrics")
 RETRY_AFTER_S = 5
+# After the deadline: how long the requests cancelled then get to run their clean-up (metering what they produced).
+CANCEL_GRACE_S = 5.0
 
 
 class Drain:
@@ -33,6 +35,7 @@ class Drain:
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task] = set()  # the tasks serving the requests in flight
 
     @property
     def draining(self) -> bool:
@@ -45,11 +48,20 @@ class Drain:
     def enter(self) -> None:
         self.inflight += 1
         self._idle.clear()
+        if (task := asyncio.current_task()) is not None:
+            self._tasks.add(task)
 
     def leave(self) -> None:
         self.inflight -= 1
+        self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
         if self.inflight == 0:
             self._idle.set()
+
+    def cancel_all(self) -> None:
+        """Cancel the requests still in flight, while the event loop runs: each unwinds through its own clean-up
+        (a stream meters what it produced), which a task cancelled by uvicorn's shutdown may not get to do."""
+        for task in self._tasks:
+            task.cancel()
 
     async def idle(self, timeout_s: float) -> bool:
         """Until nothing is in flight (True) or `timeout_s` passed (False)."""
@@ -113,4 +125,6 @@ class DrainingServer(uvicorn.Server):
         if not done:
             log.warning("drain deadline passed with %d request(s) still in flight: stopping them",
                         self.drain.inflight)
+            self.drain.cancel_all()
+            await self.drain.idle(CANCEL_GRACE_S)
         self.should_exit = True

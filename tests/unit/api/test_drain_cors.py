@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from llmaas.api.drain import Drain
+from llmaas.api.drain import Drain, DrainMiddleware
 from tests.unit.conftest import ADMIN_KEY, chat, make_client
 
 
@@ -35,6 +35,29 @@ async def test_drain_waits_for_requests_in_flight_up_to_its_deadline():
     task = asyncio.create_task(finish())
     assert await d.idle(5)
     await task
+
+
+async def test_requests_still_in_flight_at_the_deadline_are_cancelled_and_run_their_clean_up():
+    """What the drain cuts unwinds while the event loop still runs: a stream's clean-up meters what it produced."""
+    d = Drain()
+    cleaned: list[int] = []
+
+    async def app(scope, receive, send) -> None:
+        try:
+            await asyncio.Event().wait()  # a stream that would run on
+        finally:
+            await asyncio.sleep(0)  # clean-up that awaits, as metering does
+            cleaned.append(1)
+
+    mw = DrainMiddleware(app, d)
+    tasks = [asyncio.create_task(mw({"type": "http", "path": "/v1/chat/completions"}, None, None)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    d.begin()
+    assert d.inflight == 3 and not await d.idle(0.01)
+    d.cancel_all()
+    assert await d.idle(5)
+    assert cleaned == [1, 1, 1] and d.inflight == 0
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def test_cors_is_off_by_default():
