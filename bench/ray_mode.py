@@ -252,9 +252,11 @@ def hop_breakdown(servers: dict[str, Server], hops: dict[str, dict[str, list[flo
     for ray_r, single_r in zip(servers["ray"].rounds["c1"], servers["single"].rounds["c1"], strict=True):
         for rid, client in ray_r["chat_ms_by_id"].items():
             ing, eng = hops["ingress"].get(rid), hops["engine"].get(rid)
-            if not ing or not eng:
+            if not ing:
                 continue
             proxy.append(client - ing[0])
+            if not eng:  # sent over the same-node link: no Serve call on the engine replica to time
+                continue
             app.append(ing[0] - max(eng))
             engine.append(max(eng))
             if rid in single_r["chat_ms_by_id"]:
@@ -266,6 +268,15 @@ def hop_breakdown(servers: dict[str, Server], hops: dict[str, dict[str, list[flo
 def metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=30).text
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+def routes(url: str) -> dict[str, float]:
+    """Generation requests by how the ingress reached the engine replica: link (same node) or handle."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out = {"link": 0.0, "handle": 0.0}
+    for m in re.finditer(r'^llmaas:engine_routes_total\{[^}]*route="(\w+)"[^}]*\} (\S+)$', text, re.M):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
 
 
 def cold_starts(url: str, n: int) -> list[dict[str, Any]]:
@@ -354,8 +365,11 @@ def summarise(servers: dict[str, Server], colds: list[dict[str, Any]], usage: di
     diff = med([r.get("lat_paired_diff_p50_ms") for r in servers["ray"].rounds["c1"]])
     rows.append(("  same, median per-request difference", None, None, None if diff is None else f"{diff:+.3g} ms",
                  "", ""))
+    rows.append(("  ray: requests over the link / the handle", None,
+                 f"{log['routes']['link']:g} / {log['routes']['handle']:g}", None, "", ""))
     for label, key, col in (("  ray: client - ingress (HTTP proxy hop)", "ray_proxy_hop_ms", 2),
-                            ("  ray: ingress - engine call (app + handle hop)", "ray_ingress_minus_engine_ms", 2),
+                            ("  ray: ingress - engine call (app + handle hop; handle-routed only)",
+                             "ray_ingress_minus_engine_ms", 2),
                             ("  ray: engine replica's call", "ray_engine_call_ms", 2),
                             ("  single: latency - ray engine call (app + HTTP)", "single_outside_engine_ms", 1)):
         rows.append((label, *((hops[key], None) if col == 1 else (None, hops[key])), None, "", ""))
@@ -432,8 +446,9 @@ def main() -> None:
             servers[t] = start(t, args.threads, dbs[t], ray_tmp if t == "ray" else None, ray_env)
         usage = tree_usage({t: s.proc for t, s in servers.items()})
         run_rounds(servers, args.rounds, args.requests, args.streams)
+        route_counts = routes(servers["ray"].url)  # before the cold starts, which go through the handle
         colds = cold_starts(servers["ray"].url, args.cold_starts)
-        log = serve_log(ray_tmp)  # before remove_ray() deletes it
+        log = {**serve_log(ray_tmp), "routes": route_counts}  # before remove_ray() deletes it
         done = True
     finally:
         for s in servers.values():

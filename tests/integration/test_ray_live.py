@@ -141,8 +141,25 @@ def ray_platform(tmp_path_factory) -> Iterator[RayPlatform]:
             c.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def _over_ingresses(p: RayPlatform, series: str) -> float:
+    """A counter of the ingress process itself (not a replica's), summed over both ingress replicas' scrapes."""
+    seen: dict[str, float] = {}
+    for _ in range(40):
+        r = httpx.get(f"{p.url}/metrics")
+        seen[r.headers["x-llmaas-ingress"]] = sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
+                                                  if line.startswith(series))
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen
+    return sum(seen.values())
+
+
 def test_chat_and_stream_through_the_ray_ingress(ray_platform):
     p = ray_platform
+    # Once both ingress replicas have read the replica's board record (its link), requests to it, on their own
+    # node, go over the link and not through Serve's handle.
+    p.wait("the replica on the board", lambda d: all(r["pid"] for r in running(d)))
+    time.sleep(1.5)
     c = p.client()
     listed = {m.id: m for m in c.models.list().data}
     assert listed[MODEL].model_extra["status"] == "ready"
@@ -171,6 +188,9 @@ def test_chat_and_stream_through_the_ray_ingress(ray_platform):
         time.sleep(0.5)
     assert series in metrics
     assert f'llmaas:replicas{{model="{MODEL}",state="running"}} 1.0' in metrics
+    routes = {route: _over_ingresses(p, f'llmaas:engine_routes_total{{model="{MODEL}",route="{route}"}}')
+              for route in ("link", "handle")}
+    assert routes == {"link": 2.0, "handle": 0.0}, routes
 
 
 def _ft_model(p: RayPlatform, name: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import ray
 from prometheus_client import CollectorRegistry
 from ray import serve
 from ray.serve.context import _get_global_client
@@ -155,7 +156,7 @@ class RayCluster:
             b = board.get(rid, {})
             out.append({"id": rid, "state": _state(r.get("state")),
                         "node_id": r.get("node_id"), "pid": b.get("pid"), "running": b.get("running", 0),
-                        "waiting": b.get("waiting", 0),
+                        "waiting": b.get("waiting", 0), "slots": b.get("slots", 0), "link": b.get("link"),
                         "adapters": b.get("adapters", [])})
         return out
 
@@ -185,8 +186,9 @@ class RayCluster:
                                              "context_size": e.context_length or self.settings.context_size})
         front = build_tokenizer(s, str(source_path(e.source_type, e.source)), e.id)
         handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name(e.id), _check_exists=False)
+        node = ray.get_runtime_context().get_node_id() if self.settings.ray_local_link else None
         return RemoteEngine(e.id, front, handle, cold_start_s=self.settings.cold_start_timeout_s,
-                            replicas=lambda: self.replicas(e.id), metrics=self.metrics)
+                            replicas=lambda: self.replicas(e.id), metrics=self.metrics, node_id=node)
 
 
 class RayHost:

@@ -1,7 +1,8 @@
 """RemoteEngine: the EngineClient of a model whose engine runs in Ray Serve replicas.
 
 Prompts are tokenized here, in the ingress, by a vocabulary-only engine (no weights), as vLLM's API server does;
-token ids go to a replica through the deployment's handle and output deltas stream back. A replica that dies
+token ids go to a replica and output deltas stream back: over a Unix socket to a replica on this node with a free
+slot (llmaas.cluster.link), else through the deployment's handle, which routes and queues. A replica that dies
 mid-stream ends its streams with an error output carrying the tokens already produced, so they are metered."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from llmaas.cluster import link
 from llmaas.core.errors import EngineUnavailableError, LlmaasError, ModelNotReadyError, OverloadedError
 from llmaas.core.metrics import ClusterMetrics
 from llmaas.engine.chat_template import ChatMessage
@@ -28,13 +30,17 @@ REPLICA_LOST = ("the replica serving this request stopped before the answer was 
 
 class RemoteEngine:
     def __init__(self, model_id: str, front: EngineClient, handle: Any, *, cold_start_s: float,
-                 replicas: Callable[[], list[dict[str, Any]]], metrics: ClusterMetrics | None = None) -> None:
+                 replicas: Callable[[], list[dict[str, Any]]], metrics: ClusterMetrics | None = None,
+                 node_id: str | None = None) -> None:
         """front: a vocabulary-only engine (never started); handle: the Engine deployment's handle;
-        replicas: the replicas the ingress last saw (state and load), refreshed by the cluster."""
+        replicas: the replicas the ingress last saw (state, load, node, link), refreshed by the cluster;
+        node_id: this process's Ray node, whose replicas are reached over their link (None: never)."""
         self.model_id, self.front, self._handle = model_id, front, handle
         self.info = front.info
         self._cold_start_s, self._replicas, self._metrics = cold_start_s, replicas, metrics
+        self._node_id = node_id
         self._paths: dict[str, str] = {}
+        self._inflight: dict[str, int] = {}  # this ingress's link streams per replica, exact between board updates
 
     async def start(self) -> None:
         pass
@@ -96,9 +102,42 @@ class RemoteEngine:
     def _call(self, adapter: str | None, stream: bool = False) -> Any:
         return self._handle.options(stream=stream, multiplexed_model_id=adapter or "")
 
+    def _local(self, adapter: str | None) -> dict[str, Any] | None:
+        """The least loaded running replica on this node with a free slot, holding the adapter of an `ft:` model.
+        A replica's load is what it last published or, when higher, what this ingress has sent it since."""
+        if self._node_id is None:
+            return None
+        best, best_load = None, 0
+        for r in self._replicas():
+            if r.get("state") != "running" or not r.get("link") or r.get("node_id") != self._node_id or \
+                    (adapter and adapter not in r.get("adapters", ())):
+                continue
+            load = max(r.get("running", 0) + r.get("waiting", 0), self._inflight.get(r["id"], 0))
+            if load < r.get("slots", 0) and (best is None or load < best_load):
+                best, best_load = r, load
+        return best
+
+    def _routed(self, route: str) -> None:
+        if self._metrics is not None:
+            self._metrics.engine_routes.labels(self.model_id, route).inc()
+
     async def generate(self, request: GenerationRequest,
                        places: Places | None = None) -> AsyncGenerator[GenerationOutput, None]:
         path = self._paths.get(request.adapter) if request.adapter else None
+        replica = self._local(request.adapter)
+        if replica is not None:
+            rid = replica["id"]
+            self._inflight[rid] = self._inflight.get(rid, 0) + 1
+            try:
+                opened = await self._open_link(replica["link"], request, path)
+                if opened is not None:
+                    self._routed("link")
+                    async for out in self._over_link(*opened, request):
+                        yield out
+                    return
+            finally:
+                self._inflight[rid] -= 1
+        self._routed("handle")
         resp = self._call(request.adapter, stream=True).generate.remote(request, path)
         produced, finished = 0, False
         try:
@@ -117,6 +156,47 @@ class RemoteEngine:
         finally:
             if not finished:
                 resp.cancel()  # the client went away: the replica aborts the sequence
+
+    async def _open_link(self, path: str, request: GenerationRequest, adapter_path: str | None) -> tuple[
+            asyncio.StreamReader, asyncio.StreamWriter, GenerationOutput] | None:
+        """Sends the request over the replica's link and waits for its first output. None, for the handle to
+        route it, when the replica is gone or stopping or answers that its slots are full."""
+        try:
+            reader, writer = await link.connect(path)
+        except OSError:
+            return None
+        try:
+            await link.send(writer, (request, adapter_path))
+            first = await link.receive(reader)
+        except (OSError, asyncio.IncompleteReadError):
+            first = None  # nothing produced yet: safe to send elsewhere
+        except BaseException:
+            writer.close()
+            raise
+        if isinstance(first, GenerationOutput):
+            return reader, writer, first
+        writer.close()
+        if isinstance(first, LlmaasError):
+            raise first
+        return None
+
+    async def _over_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: GenerationOutput,
+                         request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        out, produced = first, 0
+        try:
+            while True:
+                produced += len(out.token_ids)
+                yield out
+                if out.finished:
+                    return
+                out = await link.receive(reader)
+                if isinstance(out, LlmaasError):
+                    raise out
+        except (OSError, asyncio.IncompleteReadError):  # the replica died: its socket ended early
+            yield GenerationOutput("", [], None, len(request.prompt_tokens), produced, finish_reason="error",
+                                   error=REPLICA_LOST)
+        finally:
+            writer.close()  # before the end: the client went away, and the replica aborts the sequence
 
     async def abort(self, request_id: str) -> None:
         """Streams are aborted by cancelling their call (closing the generator)."""

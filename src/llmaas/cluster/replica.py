@@ -20,6 +20,7 @@ from ray.serve.multiplex import _ModelMultiplexWrapper
 
 from llmaas.cluster.autoscaling import LOAD_METRIC
 from llmaas.cluster.board import ReplicaBoard, snapshot
+from llmaas.cluster.link import LinkServer, socket_path
 from llmaas.core.config import load_settings
 from llmaas.core.metrics import EngineMetrics
 from llmaas.engine.client import EngineClient
@@ -29,6 +30,7 @@ from llmaas.engine.types import GenerationOutput, GenerationRequest, SamplingPar
 
 log = logging.getLogger("llmaas.cluster")
 PUBLISH_EVERY_S = 1.0
+LINK_GRACE_S = 25.0  # under the deployment's graceful_shutdown_timeout_s (30 s), after which Serve kills it
 
 
 class _HeldAdapter:
@@ -60,6 +62,12 @@ class EngineReplica:
         # per-deployment setting, so the wrapper the decorator would create lazily is created here with it.
         setattr(self, "__serve_multiplex_wrapper",
                 _ModelMultiplexWrapper(EngineReplica._hold.__wrapped__, self, s.max_adapters))
+        self._ongoing = 0  # generate calls under way, from the handle and the link
+        self._link: LinkServer | None = None
+        if s.ray_local_link:  # ingresses on this node skip the handle (llmaas.cluster.link)
+            self._link = LinkServer(socket_path(self.replica_id), self.generate,
+                                    admit=lambda: self._ongoing < self.engine.info.n_slots)
+            await self._link.start()
         self._board = ReplicaBoard(s.redis_url) if s.redis_url else None
         self._publisher = asyncio.create_task(self._publish_loop())
         log.info("replica %s of %s ready (%d slots, %d threads)", self.replica_id, model_id, s.max_seqs, s.threads)
@@ -89,9 +97,13 @@ class EngineReplica:
     # -- requests --------------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest, adapter_path: str | None) -> AsyncGenerator[
             GenerationOutput, None]:
-        await self._use(request.adapter, adapter_path)
-        async for out in self.engine.generate(request):
-            yield out
+        self._ongoing += 1  # first, with no await before it: the link's admission counts it at once
+        try:
+            await self._use(request.adapter, adapter_path)
+            async for out in self.engine.generate(request):
+                yield out
+        finally:
+            self._ongoing -= 1
 
     # Side computations: (adapter, its file) first, then the EngineClient method's own arguments.
     async def embed(self, adapter: str | None, path: str | None, inputs: list[list[int]]) -> list[list[float]]:
@@ -128,7 +140,8 @@ class EngineReplica:
         return {"id": self.replica_id, "model": self.model_id, "pid": os.getpid(), "running": st.running,
                 "waiting": st.waiting,
                 "kv_cache_usage": st.kv_cache_usage, "slots": self.engine.info.n_slots,
-                "adapters": self.engine.adapters(), "t": time.time(), "metrics": snapshot(self.metrics.registry)}
+                "adapters": self.engine.adapters(), "link": self._link.path if self._link is not None else None,
+                "t": time.time(), "metrics": snapshot(self.metrics.registry)}
 
     async def _publish_loop(self) -> None:
         while self._board is not None:
@@ -138,7 +151,12 @@ class EngineReplica:
                 log.warning("replica %s: could not publish its state: %s", self.replica_id, e)
             await asyncio.sleep(PUBLISH_EVERY_S)
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica, once the requests its handles routed here are done; the
+        link's streams, which Serve does not count, get as long (within graceful_shutdown_timeout_s)."""
         publisher = getattr(self, "_publisher", None)
         if publisher is not None:
             publisher.cancel()
+        link = getattr(self, "_link", None)
+        if link is not None:
+            await link.close(LINK_GRACE_S)

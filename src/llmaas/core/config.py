@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     ray_ingress_replicas: int = Field(default=1, ge=1, le=64)  # API (gateway) replicas behind Serve's proxy
     # How long a request for a model at zero replicas waits for one to start before a 503 with Retry-After.
     cold_start_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Requests to an engine replica on the ingress's own node go over a Unix socket, not Serve's handle (one Ray
+    # hop fewer); the handle still routes everything else.
+    ray_local_link: bool = True
     # Resources each fine-tuning/eval worker actor asks Ray for: where jobs may run in the cluster.
     ray_worker_cpus: float = Field(default=1.0, ge=0)
     ray_worker_gpus: float = Field(default=0.0, ge=0)

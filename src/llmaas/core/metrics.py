@@ -108,6 +108,10 @@ class ClusterMetrics:
             "llmaas:cold_start_seconds", "Time a request waited for a model's first replica", ["model"],
             buckets=_COLD_START_BUCKETS, registry=registry,
         )
+        self.engine_routes = Counter(
+            "llmaas:engine_routes", "Generation requests by how the ingress reached a replica: link (a Unix socket "
+            "to a replica on its node) or handle (Ray Serve)", ["model", "route"], registry=registry,
+        )
         self.replica_load = Gauge(
             "llmaas:replica_load", "Running plus waiting sequences on one replica", ["model", "replica"],
             registry=registry,
