@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from openai import AsyncOpenAI, OpenAI
 
+from llmaas.cluster.ray_env import haproxy_env
 from tests.integration.conftest import ADMIN_KEY, _free_port
 
 pytestmark = pytest.mark.integration
@@ -50,6 +52,14 @@ class RayPlatform:
              "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # a platform that did not come up must not leave its cluster running
+            raise
+
+    def _start(self) -> None:
         for _ in range(120):
             probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); ray.shutdown()"], env=self.env,
                                    capture_output=True, timeout=60)
@@ -62,7 +72,7 @@ class RayPlatform:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llmaas serve --ray exited:\n{(tmp / 'serve.log').read_text()[-4000:]}")
+                raise RuntimeError(f"llmaas serve --ray exited:\n{(self.tmp / 'serve.log').read_text()[-4000:]}")
             try:
                 # Up means what the tests take as given: the engine replica running, both ingress replicas too
                 # (a replica still starting answers the admin API already).
@@ -98,11 +108,12 @@ class RayPlatform:
         raise AssertionError(f"{what}: not after {timeout:.0f} s; last {d}")
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         os.killpg(self.ray.pid, signal.SIGTERM)
         try:
             self.ray.wait(timeout=60)
@@ -131,14 +142,19 @@ def ray_platform(tmp_path_factory) -> Iterator[RayPlatform]:
            "LLMAAS_REDIS_URL": redis_url, "LLMAAS_ADMIN_KEY": ADMIN_KEY, "LLMAAS_RAY_INGRESS_REPLICAS": "2",
            "LLMAAS_COLD_START_TIMEOUT_S": "120",
            # A throwaway cluster on 127.0.0.1: no token to share between `ray start` and its clients.
-           "RAY_AUTH_MODE": "disabled"}
-    p = RayPlatform(tmp_path_factory.mktemp("ray"), env)
+           "RAY_AUTH_MODE": "disabled",
+           # HTTP through HAProxy into the ingress replicas, as `llmaas serve --ray` sets up a cluster it starts.
+           **haproxy_env()}
+    p = None
     try:
+        p = RayPlatform(tmp_path_factory.mktemp("ray"), env)  # stops what it started if it does not come up
         yield p
     finally:
-        p.stop()
+        if p is not None:
+            p.stop()
         with psycopg.connect(base, autocommit=True) as c:
             c.execute(f"DROP SCHEMA {schema} CASCADE")
+        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
 
 def _over_ingresses(p: RayPlatform, series: str) -> float:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from llmaas.cluster.ray_env import check_shared_state, require_ray
+from llmaas.cluster.ray_env import check_shared_state, haproxy_env, require_ray
 from llmaas.control.db.database import Database
 from llmaas.control.model_catalog import Entry, ModelCatalog
 from llmaas.core.config import Settings
@@ -92,6 +93,8 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
     from llmaas.cluster.config import INGRESS_APP
 
     address = os.environ.get("RAY_ADDRESS")
+    front = haproxy_env() if not address and settings.ray_haproxy else {}
+    os.environ.update(front)  # before ray.init: the local cluster's processes inherit it
     models = prepare(settings)
     # Local: the replicas inherit this process's environment (LLMAAS_* settings, secrets included). "local", not
     # None: without an address ray.init() joins the cluster of the last `ray start` on this machine, which this
@@ -102,8 +105,9 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
     log.info("deploying llmaas on Ray Serve (%s): ingress and %s", address or "a local cluster",
              ", ".join(e.id for e in models) or "no model")
     wait_running(INGRESS_APP)
-    log.info("llmaas (Ray mode) serving on http://%s:%d/v1 with %d job workers", settings.host, settings.port,
-             settings.workers)
+    log.info("llmaas (Ray mode) serving on http://%s:%d/v1 (HTTP through %s) with %d job workers", settings.host,
+             settings.port, "HAProxy" if front or os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else
+             "Serve's proxy", settings.workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -115,3 +119,5 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
         if not address:  # a cluster we started goes with us; a shared one keeps serving
             serve.shutdown()
             ray.shutdown()
+            if front:
+                shutil.rmtree(front["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)

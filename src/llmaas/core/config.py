@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # Requests to an engine replica on the ingress's own node go over a Unix socket, not Serve's handle (one Ray
     # hop fewer); the handle still routes everything else.
     ray_local_link: bool = True
+    # The local cluster `llmaas serve --ray` starts takes HTTP through HAProxy straight into the ingress replicas
+    # (Ray Serve's direct ingress) instead of Serve's Python proxy; a joined cluster's nodes decide for themselves
+    # (RAY_SERVE_ENABLE_HA_PROXY=1 in their environment).
+    ray_haproxy: bool = True
     # Resources each fine-tuning/eval worker actor asks Ray for: where jobs may run in the cluster.
     ray_worker_cpus: float = Field(default=1.0, ge=0)
     ray_worker_gpus: float = Field(default=0.0, ge=0)

@@ -4,7 +4,9 @@ that cross the process boundary whole, and what Ray mode refuses to start with."
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,3 +146,22 @@ def test_ray_mode_with_sqlite_is_refused_before_anything_starts(tmp_path):
     out = CliRunner().invoke(app, ["serve", "--ray", "--data-dir", str(tmp_path)],
                              env={"LLMAAS_DATABASE_URL": "", "LLMAAS_REDIS_URL": "redis://x"})
     assert out.exit_code == 2 and "LLMAAS_DATABASE_URL" in out.output and "SQLite" in out.output
+
+
+def test_the_haproxy_front_gets_files_and_ports_of_its_own_or_is_left_off(monkeypatch):
+    from llmaas.cluster import ray_env
+
+    a, b = ray_env.haproxy_env(), ray_env.haproxy_env()
+    try:
+        assert a["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != \
+            b["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+        # Serve puts each socket under <base>/<node id, 56 characters>/; HAProxy refuses paths over 97 bytes.
+        for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+            base, name = os.path.split(a[key])
+            assert len(os.path.join(base, "n" * 56, name)) <= 97, a[key]
+        assert a["RAY_SERVE_HAPROXY_STATS_PORT"] != a["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    finally:
+        for env in (a, b):
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+    monkeypatch.setattr(ray_env, "haproxy_binary", lambda: None)
+    assert ray_env.haproxy_env() == {}  # Serve's own proxy, with a warning that says what to install
