@@ -15,6 +15,10 @@ token from the client, three times. Prints the numbers, the ratios and each targ
     .venv/bin/python bench/ray_mode.py            # 3 rounds, ~11 min on 2 cores
     .venv/bin/python bench/ray_mode.py --quick    # 1 round, fewer requests
 
+Ray mode runs with its defaults: HTTP through HAProxy into the ingress replica, the engine replica reached over
+the same-node link. `--ray-env LLMAAS_RAY_HAPROXY=false` (Serve's Python proxy) and `--ray-env
+LLMAAS_RAY_LOCAL_LINK=false` (Serve's handle) measure without them.
+
 The servers run this checkout's src/ (PYTHONPATH), whatever llmaas the interpreter has installed.
 """
 
@@ -367,7 +371,7 @@ def summarise(servers: dict[str, Server], colds: list[dict[str, Any]], usage: di
                  "", ""))
     rows.append(("  ray: requests over the link / the handle", None,
                  f"{log['routes']['link']:g} / {log['routes']['handle']:g}", None, "", ""))
-    for label, key, col in (("  ray: client - ingress (HTTP proxy hop)", "ray_proxy_hop_ms", 2),
+    for label, key, col in (("  ray: client - ingress (the HTTP front hop)", "ray_proxy_hop_ms", 2),
                             ("  ray: ingress - engine call (app + handle hop; handle-routed only)",
                              "ray_ingress_minus_engine_ms", 2),
                             ("  ray: engine replica's call", "ray_engine_call_ms", 2),

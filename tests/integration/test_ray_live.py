@@ -209,6 +209,24 @@ def test_chat_and_stream_through_the_ray_ingress(ray_platform):
     assert routes == {"link": 2.0, "handle": 0.0}, routes
 
 
+def test_a_client_that_leaves_mid_stream_stops_its_sequence_on_the_replica(ray_platform):
+    # The disconnect crosses HAProxy, the ingress replica's own HTTP server and the link to the engine replica.
+    p = ray_platform
+    series = "llmaas:generation_tokens_total"  # every replica's, of the one model
+    before = _metric(p, series, at_least=0)
+    stream = p.client().chat.completions.create(model=MODEL, messages=MSG, max_tokens=1500, stream=True,
+                                                extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()
+    time.sleep(3)
+    produced = _metric(p, series, at_least=0) - before
+    time.sleep(2.5)  # two more publishes of the replica's series: nothing more was generated
+    assert _metric(p, series, at_least=0) - before == produced and 5 <= produced < 1500 / 2, produced
+    assert sum(r["running"] for r in running(p.deployment())) == 0
+
+
 def _ft_model(p: RayPlatform, name: str) -> tuple[str, str]:
     """A tenant's `ft:` model (a random LoRA in the shared artifact dir) and a key of that tenant."""
     from sqlalchemy import create_engine
