@@ -1,16 +1,16 @@
 """The same-node link between an ingress and an engine replica: a Unix socket.
 
-A request routed through Serve's handle is a Ray actor call plus one streamed object per output, ~7 ms here for a
-one-token answer. When a replica runs on the ingress's own node, the ingress sends the request over this socket
-instead, as vLLM's API server reaches its engine core over an IPC socket. Everything else still goes through the
-handle, which routes, queues and starts replicas: a model at zero replicas, replicas on other nodes, an adapter
-no local replica holds, local replicas without a free slot.
+A request routed through Serve's handle is a Ray actor call plus one streamed object per output: ~3 ms a one-token
+answer here, against ~0.9 ms over this socket (bench/README.md). When a replica runs on the ingress's own node, the
+ingress sends the request over this socket instead, as vLLM's API server reaches its engine core over IPC.
+Everything else still goes through the handle, which routes, queues and starts replicas: a model at zero replicas,
+replicas on other nodes, an adapter no local replica holds, local replicas without a free slot.
 
 Frames are a 4-byte big-endian length and a pickle (the socket is the user's own, mode 0600, as Ray's object
 transfers are pickles between the user's processes). One request per connection: the ingress sends
 (GenerationRequest, adapter file); the replica answers with GenerationOutputs up to a finished one, or with one
-LlmaasError, or with None when its slots are full (the ingress then uses the handle). Closing the connection
-aborts the sequence; a replica that dies leaves a connection that ends early.
+LlmaasError, or with None when its slots are full (the ingress tries its next local replica, then the handle).
+Closing the connection aborts the sequence; a replica that dies leaves a connection that ends early.
 """
 
 from __future__ import annotations

@@ -102,20 +102,20 @@ class RemoteEngine:
     def _call(self, adapter: str | None, stream: bool = False) -> Any:
         return self._handle.options(stream=stream, multiplexed_model_id=adapter or "")
 
-    def _local(self, adapter: str | None) -> dict[str, Any] | None:
-        """The least loaded running replica on this node with a free slot, holding the adapter of an `ft:` model.
-        A replica's load is what it last published or, when higher, what this ingress has sent it since."""
+    def _local(self, adapter: str | None) -> list[dict[str, Any]]:
+        """The running replicas on this node with a free slot, holding the adapter of an `ft:` model, least loaded
+        first. A replica's load is what it last published or, when higher, what this ingress has sent it since."""
         if self._node_id is None:
-            return None
-        best, best_load = None, 0
+            return []
+        loads = []
         for r in self._replicas():
             if r.get("state") != "running" or not r.get("link") or r.get("node_id") != self._node_id or \
                     (adapter and adapter not in r.get("adapters", ())):
                 continue
             load = max(r.get("running", 0) + r.get("waiting", 0), self._inflight.get(r["id"], 0))
-            if load < r.get("slots", 0) and (best is None or load < best_load):
-                best, best_load = r, load
-        return best
+            if load < r.get("slots", 0):
+                loads.append((load, len(loads), r))
+        return [r for _, _, r in sorted(loads)]
 
     def _routed(self, route: str) -> None:
         if self._metrics is not None:
@@ -124,8 +124,7 @@ class RemoteEngine:
     async def generate(self, request: GenerationRequest,
                        places: Places | None = None) -> AsyncGenerator[GenerationOutput, None]:
         path = self._paths.get(request.adapter) if request.adapter else None
-        replica = self._local(request.adapter)
-        if replica is not None:
+        for replica in self._local(request.adapter):  # the next one when a replica answers that it is full
             rid = replica["id"]
             self._inflight[rid] = self._inflight.get(rid, 0) + 1
             try:

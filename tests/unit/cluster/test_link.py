@@ -185,6 +185,19 @@ async def test_streams_spread_over_local_replicas_by_what_this_ingress_sent_them
         await other.close(0)
 
 
+async def test_a_replica_that_answers_full_sends_the_request_to_the_next_local_one(replica):
+    _, server = replica
+    busy = LinkServer(str(server.path) + ".busy", server._generate, admit=lambda: False)
+    await busy.start()
+    try:
+        # The busy one first: by what it last published it is the less loaded.
+        e, h = remote([{**record(server, running=1), "id": "r2"}, record(server, link=busy.path, id="r3")])
+        outs = [o async for o in e.generate(req(4))]
+        assert outs[-1].completion_tokens == 4 and h.calls == [] and routes(e) == {"link": 1.0}
+    finally:
+        await busy.close(0)
+
+
 async def test_closing_the_link_lets_streams_under_way_finish_and_refuses_new_ones(replica):
     _, server = replica
     e, _ = remote([record(server)])
