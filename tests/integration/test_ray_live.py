@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 import yaml
 from openai import AsyncOpenAI, OpenAI
 
-from llmaas.cluster.ray_env import haproxy_env
+from llmaas.cluster.ray_env import haproxy_env, stop_haproxy
 from tests.integration.conftest import ADMIN_KEY, _free_port
 
 pytestmark = pytest.mark.integration
@@ -154,7 +153,7 @@ def ray_platform(tmp_path_factory) -> Iterator[RayPlatform]:
             p.stop()
         with psycopg.connect(base, autocommit=True) as c:
             c.execute(f"DROP SCHEMA {schema} CASCADE")
-        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+        stop_haproxy(env)
 
 
 def _over_ingresses(p: RayPlatform, series: str) -> float:
@@ -397,6 +396,7 @@ def test_a_replica_killed_mid_stream_ends_its_streams_cleanly_others_finish_and_
     key = p.admin("POST", f"/tenants/{t}/keys", json={"role": "member"})["key"]
     p.admin("PUT", f"/deployments/{MODEL}", json={"min_replicas": 2, "max_replicas": 2})
     replicas = running(p.wait("two replicas", lambda d: len(running(d)) == 2 and all(r["pid"] for r in running(d))))
+    time.sleep(1.5)  # both ingress replicas have read the new replica's record (its link) by now
     victim = replicas[0]
     client = AsyncOpenAI(base_url=f"{p.url}/v1", api_key=key, max_retries=0, timeout=300)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -74,3 +75,24 @@ def haproxy_env() -> dict[str, str]:
             # (default 30 s). Every application's top deployment counts, engines included, so scaling to zero
             # took 30 s longer; HAProxy is told at once and retries a refused connection elsewhere.
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def stop_haproxy(front: dict[str, str], timeout_s: float = 5.0) -> None:
+    """Stops what is left of a cluster's HAProxy front and removes its files. Serve's manager stops the HAProxy it
+    started, but one started by a reload (`-sf`) was seen to outlive its cluster, holding the HTTP port."""
+    import psutil
+
+    base = front.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if not base:
+        return
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and "haproxy" in os.path.basename(cmd[0]) and any(base in c for c in cmd[1:]):
+            procs.append(p)
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        p.kill()
+    shutil.rmtree(base, ignore_errors=True)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from llmaas.cluster.ray_env import check_shared_state, haproxy_env, require_ray
+from llmaas.cluster.ray_env import check_shared_state, haproxy_env, require_ray, stop_haproxy
 from llmaas.control.db.database import Database
 from llmaas.control.model_catalog import Entry, ModelCatalog
 from llmaas.core.config import Settings
@@ -119,5 +118,4 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
         if not address:  # a cluster we started goes with us; a shared one keeps serving
             serve.shutdown()
             ray.shutdown()
-            if front:
-                shutil.rmtree(front["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+            stop_haproxy(front)

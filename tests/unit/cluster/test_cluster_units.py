@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -160,6 +162,19 @@ def test_the_haproxy_front_gets_files_and_ports_of_its_own_or_is_left_off(monkey
             base, name = os.path.split(a[key])
             assert len(os.path.join(base, "n" * 56, name)) <= 97, a[key]
         assert a["RAY_SERVE_HAPROXY_STATS_PORT"] != a["RAY_SERVE_HAPROXY_METRICS_PORT"]
+        # What is left of a front when its cluster is gone: stopped, its files removed; another front's kept.
+        base = a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+        exe = Path(base) / "haproxy"
+        exe.symlink_to(sys.executable)
+        sleeper = ["-c", "import time; time.sleep(60)"]
+        mine = subprocess.Popen([str(exe), *sleeper, "-f", f"{base}/node/haproxy.cfg"])
+        other = subprocess.Popen([str(exe), *sleeper, "-f", f"{b['RAY_SERVE_HAPROXY_SERVER_STATE_BASE']}/x.cfg"])
+        try:
+            ray_env.stop_haproxy(a)
+            assert mine.wait(timeout=10) is not None and other.poll() is None and not os.path.exists(base)
+        finally:
+            other.kill()
+            mine.kill()
     finally:
         for env in (a, b):
             shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
