@@ -105,8 +105,8 @@ def serve_ray(settings: Settings, overrides: dict[str, Any]) -> None:
              ", ".join(e.id for e in models) or "no model")
     wait_running(INGRESS_APP)
     log.info("llmaas (Ray mode) serving on http://%s:%d/v1 (HTTP through %s) with %d job workers", settings.host,
-             settings.port, "HAProxy" if front or os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else
-             "Serve's proxy", settings.workers)
+             settings.port, "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve's proxy",
+             settings.workers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
